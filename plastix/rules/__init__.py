@@ -1,0 +1,42 @@
+"""Synaptic plasticity rules as pure functions, optax-style.
+
+A rule is a `Rule` tuple of ``init(w) -> state`` and
+``update(coeffs, state, w, pre, post, mod=None) -> (dw, new_state)`` for one synapse
+matrix ``w (n_post, n_pre)`` and one example; batching is the caller's ``vmap`` and
+``w + dw`` is the caller's job. Coefficients are a dict of arrays whose trailing axes
+(``()``, ``(n_post, 1)`` or ``(n_post, n_pre)``) choose shared, per-neuron or
+per-synapse values; `init_coeffs` builds them from a rule's defaults.
+
+Example::
+
+  from plastix import rules
+  rule = rules.get("oja")
+  coeffs = rules.init_coeffs(rule, w.shape, "synapse")
+  dw, state = rule.update(coeffs, rule.init(w), w, pre, post)
+
+Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
+`competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
+`polynomial`, `error_driven` (delta, chl, generec, err_credit), `structural`
+(hebbian_mask), `fast_weights` (fast_weight_ba, fast_weight_delta) and `modulation`
+(the `modulated` three-factor wrapper).
+"""
+
+from plastix.rules._core import REGISTRY, Rule, get, init_coeffs
+from plastix.rules.abcd import (
+    A, ABC, ABC_lr, ABCD, ABCD_lr, ABCD_lr_D_in_and_out, ABCD_lr_D_out, AD, AD_lr,
+)
+from plastix.rules.competitive import instar, krotov, soft_wta
+from plastix.rules.error_driven import ErrCreditState, PlusPhase, chl, delta, err_credit, generec
+from plastix.rules.fast_weights import fast_weight_ba, fast_weight_delta
+from plastix.rules.hebbian import (
+    BCMState, CovarianceState, anti_hebb, bcm, covariance, hebb, hpca, oja, sanger,
+)
+from plastix.rules.modulation import EligibilityState, modulated
+from plastix.rules.polynomial import polynomial
+from plastix.rules.structural import HebbianMaskState, apply_mask, hebbian_mask
+
+__all__ = [
+    "REGISTRY", "Rule", "get", "init_coeffs", "modulated", "apply_mask",
+    "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
+    "HebbianMaskState", *REGISTRY,
+]

@@ -1,0 +1,130 @@
+"""Error-driven local rules: delta/LMS, contrastive Hebbian learning, GeneRec and the
+Err x Credit trace rule.
+
+Phases. CHL and GeneRec compare a *minus* phase (the network's own answer) with a
+*plus* phase (outputs clamped to the target). ``pre`` and ``post`` are always the
+minus phase; ``mod`` carries the plus phase: for GeneRec the plus-phase post
+activity ``(n_post,)``; for CHL either that (when the sending layer is the same in both
+phases, e.g. a clamped input) or a `PlusPhase` ``(pre, post)`` pair.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from plastix.rules._core import Rule, make_rule, outer, register, require_mod
+
+
+@register
+def delta() -> Rule:
+    """Delta rule / LMS: move the output towards the target carried in ``mod``.
+
+    ``dw = eta * (m - y) x^T``
+
+    References:
+      Widrow & Hoff, "Adaptive switching circuits", IRE WESCON Convention Record (1960).
+    """
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w
+        target = require_mod("delta", mod, "the target for post")
+        return coeffs["eta"] * outer(target - post, pre), state
+
+    return make_rule("delta", update, {"eta": 0.01})
+
+
+class PlusPhase(NamedTuple):
+    """Plus-phase (target-clamped) activity of one synapse matrix, for `chl`."""
+    pre: jnp.ndarray   # (n_pre,)
+    post: jnp.ndarray  # (n_post,)
+
+
+@register
+def chl() -> Rule:
+    """Contrastive Hebbian learning: Hebb in the plus phase, anti-Hebb in the minus.
+
+    ``dw = eta * (y+ x+^T - y- x-^T)``
+
+    ``pre``/``post`` are the minus phase; ``mod`` is the plus phase, either a `PlusPhase`
+    or an ``(n_post,)`` array ``y+`` (then ``x+ = x-``).
+
+    References:
+      Movellan, "Contrastive Hebbian learning in the continuous Hopfield model",
+      Connectionist Models (1991); O'Reilly, Neural Computation 8 (1996).
+    """
+
+    def update(coeffs, state, w, pre, post, mod):
+        plus = require_mod("chl", mod, "plus-phase post (n_post,) or PlusPhase(pre, post)")
+        if not isinstance(plus, PlusPhase):  # the sender is the same in both phases
+            plus = PlusPhase(pre, plus)
+        plus_pre, plus_post = plus
+        if jnp.shape(plus_pre) != jnp.shape(pre) or jnp.shape(plus_post) != jnp.shape(post):
+            raise ValueError(
+                f"rule 'chl': plus phase pre {jnp.shape(plus_pre)} / post "
+                f"{jnp.shape(plus_post)} must match pre {jnp.shape(pre)} / post "
+                f"{jnp.shape(post)} for w {jnp.shape(w)}")
+        return coeffs["eta"] * (outer(plus_post, plus_pre) - outer(post, pre)), state
+
+    return make_rule("chl", update, {"eta": 0.01})
+
+
+@register
+def generec() -> Rule:
+    """GeneRec: the minus-phase sender times the receiver's plus-minus difference.
+
+    ``dw = eta * (y+ - y-) x-^T``      (``mod`` = ``y+``)
+
+    References:
+      O'Reilly, "Biologically plausible error-driven learning using local activation
+      differences: the generalized recirculation algorithm", Neural Computation 8 (1996).
+    """
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w
+        plus_post = require_mod("generec", mod, "plus-phase post activity")
+        return coeffs["eta"] * outer(plus_post - post, pre), state
+
+    return make_rule("generec", update, {"eta": 0.01})
+
+
+class ErrCreditState(NamedTuple):
+    """Synaptic credit trace and the slow average of post activity."""
+    credit: jnp.ndarray    # (n_post, n_pre): running average of post pre^T
+    post_avg: jnp.ndarray  # (n_post,): slow post activity, the baseline of the error
+
+
+@register
+def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5) -> Rule:
+    """Err x Credit trace rule: a local error gates a slow synaptic eligibility trace.
+
+    ``credit <- credit + credit_rate * (y x^T - credit)``
+    ``err = y - <y>``,   ``<y> <- <y> + post_rate * (y - <y>)``
+    ``dw = eta * err * credit``
+
+    ``err`` is a temporal difference of the receiver's activity (fast minus slow, like
+    axon's CaP - CaD; ``post_rate = 1`` gives ``y_t - y_{t-1}``); ``credit`` is which
+    synapses were recently co-active. The error uses the average from *before* this
+    step; the credit includes it.
+
+    Args:
+      credit_rate: step size of the credit trace (1 / its time constant, in steps).
+      post_rate: step size of the slow post-activity average.
+
+    References:
+      O'Reilly et al., the emer/axon framework (github.com/emer/axon), "trace" /
+      kinase learning rule: ``DWt = Err * Tr``.
+    """
+
+    def init(w):
+        return ErrCreditState(jnp.zeros_like(w), jnp.zeros(w.shape[0], w.dtype))
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w, mod
+        credit = state.credit + credit_rate * (outer(post, pre) - state.credit)
+        err = post - state.post_avg
+        post_avg = state.post_avg + post_rate * err
+        return coeffs["eta"] * err[:, None] * credit, ErrCreditState(credit, post_avg)
+
+    return make_rule("err_credit", update, {"eta": 0.01}, init)

@@ -1,0 +1,67 @@
+"""Three-factor learning: any rule gated by a neuromodulatory signal, optionally
+through an eligibility trace."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+from plastix.rules._core import Rule, as_column, make_rule, require_mod
+
+
+class EligibilityState(NamedTuple):
+    """The wrapped rule's state and the eligibility trace ``e`` (shaped like ``w``)."""
+    inner: Any
+    trace: jnp.ndarray
+
+
+def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
+    """Gates ``rule`` by the third factor ``m`` = ``mod`` (e.g. reward, surprise).
+
+    Without a trace: ``dw = m * u``; with one:
+    ``e <- trace_decay * e + u``,  ``dw = m * e``,
+    where ``u`` is ``rule``'s update. ``m`` is a scalar or one value per post neuron,
+    and is required. The wrapped rule sees ``mod=None``; it keeps its coefficients
+    (same keys and shapes) and, with a trace, its state sits in
+    `EligibilityState.inner`.
+
+    Args:
+      rule: any `Rule` that does not itself need ``mod``.
+      trace_decay: per-step decay of the eligibility trace in ``[0, 1)``; ``None``
+        applies ``m`` to the immediate update.
+
+    Returns:
+      A `Rule` named ``"modulated(<name>)"``.
+
+    References:
+      Fremaux & Gerstner, "Neuromodulated spike-timing-dependent plasticity, and theory
+      of three-factor learning rules", Front. Neural Circuits 9 (2016);
+      Izhikevich, "Solving the distal reward problem ...", Cerebral Cortex 17 (2007).
+    """
+    if trace_decay is not None and not 0.0 <= trace_decay < 1.0:
+        raise ValueError(
+            f"modulated({rule.name}): trace_decay must be in [0, 1), got {trace_decay}")
+    name = f"modulated({rule.name})"
+
+    def gate(mod):
+        return as_column(require_mod(name, mod, "the neuromodulatory third factor"))
+
+    if trace_decay is None:
+        def update(coeffs, state, w, pre, post, mod):
+            m = gate(mod)
+            u, state = rule.update(coeffs, state, w, pre, post, None)
+            return m * u, state
+
+        return make_rule(name, update, rule.default_coeffs, rule.init)
+
+    def init(w):
+        return EligibilityState(rule.init(w), jnp.zeros_like(w))
+
+    def update_traced(coeffs, state, w, pre, post, mod):
+        m = gate(mod)
+        u, inner = rule.update(coeffs, state.inner, w, pre, post, None)
+        trace = trace_decay * state.trace + u
+        return m * trace, EligibilityState(inner, trace)
+
+    return make_rule(name, update_traced, rule.default_coeffs, init)

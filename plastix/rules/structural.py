@@ -1,0 +1,62 @@
+"""Structural plasticity: the Hebbian mask, which prunes and regrows synapses."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from plastix.rules._core import Rule, make_rule, outer, register
+
+
+class HebbianMaskState(NamedTuple):
+    """Per-synapse Hebbian value and the connectivity mask it drives."""
+    value: jnp.ndarray  # (n_post, n_pre) accumulated sign agreement
+    mask: jnp.ndarray   # (n_post, n_pre) 1.0 = connected, 0.0 = pruned
+
+
+@register
+def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
+                 limit: float = 2.0) -> Rule:
+    """Hebbian mask: synapses whose pre and post keep disagreeing in sign are pruned.
+
+    ``h <- clip(h + rate * sign(y) sign(x)^T, -limit, limit)``
+    ``mask <- 0 where h < prune_below;  1 where h > regrow_above;  else unchanged``
+
+    The rule changes connectivity, not strength: ``dw = 0`` and the mask lives in the
+    state (`HebbianMaskState`); the caller uses ``apply_mask(w, state)`` as the
+    effective weights. Between the two thresholds the mask keeps its value
+    (hysteresis), so a synapse does not flicker; clipping ``h`` to ``[-limit, limit]``
+    keeps a long-agreeing synapse able to be pruned after ``~2 limit / rate`` steps.
+
+    Args:
+      prune_below: ``h`` below this disconnects a synapse.
+      regrow_above: ``h`` above this (re)connects it; must be >= ``prune_below``.
+      limit: bound on ``|h|``; must exceed both thresholds in magnitude.
+
+    References:
+      Hebbian pruning and regrowth in the spirit of Chechik, Meilijson, Ruppin,
+      "Synaptic pruning in development", Neural Computation 10 (1998).
+    """
+    if not -limit < prune_below <= regrow_above < limit:
+        raise ValueError(
+            "rule 'hebbian_mask': need -limit < prune_below <= regrow_above < limit, got "
+            f"limit={limit}, prune_below={prune_below}, regrow_above={regrow_above}")
+
+    def init(w):
+        return HebbianMaskState(jnp.zeros_like(w), jnp.ones_like(w))
+
+    def update(coeffs, state, w, pre, post, mod):
+        del mod
+        agreement = outer(jnp.sign(post), jnp.sign(pre))
+        value = jnp.clip(state.value + coeffs["rate"] * agreement, -limit, limit)
+        mask = jnp.where(value < prune_below, 0.0,
+                         jnp.where(value > regrow_above, 1.0, state.mask)).astype(w.dtype)
+        return jnp.zeros_like(w), HebbianMaskState(value, mask)
+
+    return make_rule("hebbian_mask", update, {"rate": 0.1}, init)
+
+
+def apply_mask(w, state: HebbianMaskState):
+    """The effective weights ``w * mask`` of a `hebbian_mask` state."""
+    return w * state.mask

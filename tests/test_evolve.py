@@ -1,0 +1,133 @@
+"""The ES path: NaN containment, resume equivalence, devices, learning, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plastix import evolve, plastic, tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = tasks.get("assoc_retrieval", num_pairs=2)
+NET = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=16,
+                         layer_rules=(("out", "ABCD_lr"),))
+CFG = evolve.ESConfig(population=16, batch=8, eval_batch=64)
+
+
+def _mean_vector(evolution, state):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(evolution.mean(state))])
+
+
+def test_contain_nonfinite_ranks_divergent_members_last():
+    fitness = jnp.array([1.0, jnp.nan, 3.0, jnp.inf, -jnp.inf, 2.0])
+    clean, count = evolve.contain_nonfinite(fitness)
+    assert int(count) == 3
+    assert np.all(np.isfinite(clean))
+    np.testing.assert_allclose(clean, [1.0, 4.0, 3.0, 4.0, 4.0, 2.0])
+    clean, count = evolve.contain_nonfinite(jnp.full(4, jnp.nan))
+    assert int(count) == 4 and np.all(np.isfinite(clean))
+
+
+def test_divergent_plastic_weights_never_poison_the_es_state():
+    """Huge search noise on a polynomial rule with w^2 terms makes members blow up to NaN/inf."""
+    net = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=8,
+                             layer_rules=(("out", "polynomial"),))
+    cfg = evolve.ESConfig(population=16, batch=4, sigma=200.0, sigma_min=200.0, eval_batch=16)
+    evolution = evolve.make_evolution(net, TASK, cfg, jax.random.key(0))
+    state = evolution.init(jax.random.key(1))
+    state, metrics = evolution.run(state, jax.random.key(2), 0, 3)
+    assert int(jnp.sum(metrics["nonfinite"])) > 0
+    assert np.all(np.isfinite(_mean_vector(evolution, state)))
+    assert np.all(np.isfinite(metrics["best_fitness"]))
+
+
+def test_short_es_run_improves_held_out_fitness():
+    evolution = evolve.make_evolution(NET, TASK, CFG, jax.random.key(0))
+    state, history = evolve.evolve(evolution, seed=0, generations=30, log_every=15)
+    initial_nll, _ = evolution.score(evolution.mean(evolution.init(jax.random.key(0))),
+                                     jax.random.key(12345), "valid", CFG.eval_batch)
+    assert history[-1]["valid_nll"] < 0.7 * float(initial_nll)
+    assert history[-1]["valid_accuracy"] > 0.9
+
+
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    evolution = evolve.make_evolution(NET, TASK, CFG, jax.random.key(0))
+    straight, _ = evolve.evolve(evolution, seed=3, generations=6, out_dir=str(tmp_path / "a"),
+                                log_every=2)
+    resumed_dir = str(tmp_path / "b")
+    evolve.evolve(evolution, seed=3, generations=4, out_dir=resumed_dir, log_every=2)
+    with open(os.path.join(resumed_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"generation": 99}) + "\n")  # a record written after the last ckpt
+    resumed, history = evolve.evolve(evolution, seed=3, generations=6, out_dir=resumed_dir,
+                                     log_every=2, resume=True)
+    np.testing.assert_array_equal(_mean_vector(evolution, straight),
+                                  _mean_vector(evolution, resumed))
+    assert [r["generation"] for r in history] == [2, 4, 6]
+    with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["generation"] for line in f] == [2, 4, 6]
+
+
+def test_one_and_four_devices_agree():
+    """The population sharded over 4 CPU devices gives the 1-device result."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from plastix import evolve, plastic, tasks
+        assert len(jax.devices()) == 4, jax.devices()
+        task = tasks.get("assoc_retrieval", num_pairs=2)
+        net = plastic.PlasticRNN(vocab_size=task.vocab_size, hidden_size=8,
+                                 layer_rules=(("rec", "ABCD_lr"), ("out", "ABCD_lr")),
+                                 granularity="post")
+        cfg = evolve.ESConfig(population=8, batch=4)
+        means = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            evolution = evolve.make_evolution(net, task, cfg, jax.random.key(0), devices)
+            state = evolution.init(jax.random.key(1))
+            state, metrics = evolution.run(state, jax.random.key(2), 0, 3)
+            means.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(evolution.mean(state))]))
+        np.testing.assert_allclose(means[0], means[1], rtol=1e-5, atol=1e-6)
+        print("AGREE", float(np.abs(means[0] - means[1]).max()))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "AGREE" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strategy": "NoSuchES"}, "unknown ES strategy 'NoSuchES'"),
+        ({"population": 7}, "population must be even"),
+        ({"population": 1}, "population >= 2"),
+    ],
+)
+def test_bad_es_configuration_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evolve.ESConfig(**kwargs)
+
+
+def test_population_must_split_over_devices():
+    with pytest.raises(ValueError, match="cannot be split evenly over 4 devices"):
+        evolve.population_mesh(6, devices=[jax.devices()[0]] * 4)
+
+
+def test_vocabulary_mismatch_is_named():
+    net = plastic.PlasticRNN(vocab_size=5)
+    with pytest.raises(ValueError, match="vocabulary 37"):
+        evolve.make_evolution(net, TASK, CFG, jax.random.key(0))
+
+
+def test_other_evosax_strategies_run():
+    for name in ("SNES", "CMA_ES"):
+        cfg = evolve.ESConfig(strategy=name, population=8, batch=4)
+        evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
+        state, metrics = evolution.run(evolution.init(jax.random.key(1)), jax.random.key(2), 0, 2)
+        assert np.all(np.isfinite(_mean_vector(evolution, state)))
