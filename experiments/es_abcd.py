@@ -215,11 +215,65 @@ def build_report(evolution: evolve.Evolution, evolved_params: dict, eval_batch: 
             best[label] = (nll, hand_net, params, setting)
     for label, (_, hand_net, params, setting) in best.items():
         rows.append(row(label, hand_net, params, note=f"best on valid: {setting}"))
+    return rows + ngram_rows(task, eval_batch=eval_batch)
+
+
+def ngram_rows(task, fit_batch: int = 4096, eval_batch: int = 512) -> list[dict]:
+    """Unigram and bigram (last input token -> target) models fitted on sampled train
+    sequences (add-one smoothing), scored on the test split's scored positions."""
+    v = task.vocab_size
+    inputs, targets, mask = jax.device_get(task.sample(jax.random.key(900), fit_batch, "train"))
+    scored = mask > 0
+    unigram = np.bincount(targets[scored], minlength=v) + 1.0
+    bigram = np.ones((v, v))
+    np.add.at(bigram, (inputs[scored], targets[scored]), 1.0)
+    unigram, bigram = unigram / unigram.sum(), bigram / bigram.sum(1, keepdims=True)
+    inputs, targets, mask = jax.device_get(task.sample(jax.random.key(777), eval_batch, "test"))
+    scored = mask > 0
+    rows = []
+    for label, probs in (("unigram (train-fitted)", unigram[targets[scored]]),
+                         ("bigram (train-fitted)", bigram[inputs[scored], targets[scored]])):
+        table = unigram[None] if label.startswith("uni") else bigram[inputs[scored]]
+        accuracy = np.mean(np.argmax(table, axis=-1) == targets[scored])
+        nll = float(-np.mean(np.log(probs)))
+        rows.append({"model": label, "test_nll": nll, "test_bits": nll / math.log(2),
+                     "test_accuracy": float(accuracy),
+                     "note": f"{int(scored.sum())} scored test tokens"})
     return rows
 
 
 def _w0(params: dict) -> dict:
     return {"w0": params["w0"]} if "w0" in params else {}
+
+
+def polynomial_terms(theta) -> dict[str, float]:
+    """Name every shared polynomial coefficient by its monomial, e.g. theta[1,0,0,1] -> "x*m"."""
+    theta = np.asarray(theta)
+    names = {}
+    for index in np.ndindex(theta.shape[: 4 if theta.ndim >= 4 else 3]):
+        factors = [f"{v}^{p}" if p > 1 else v for v, p in zip("xywm", index) if p > 0]
+        names["*".join(factors) or "1"] = float(np.mean(theta[index]))
+    return names
+
+
+def delta_sign_pattern(evolved_params: dict) -> str | None:
+    """The evolved readout polynomial beside the delta rule eta (m - y) x, largest terms first.
+
+    Both are scaled so their largest |coefficient| is 1 (the rule's eta absorbs scale).
+    """
+    out = evolved_params["coeffs"].get("out", {})
+    if "theta" not in out or np.asarray(out["theta"]).ndim < 4:
+        return None
+    evolved = polynomial_terms(out["theta"])
+    delta = {name: 0.0 for name in evolved} | {"x*m": 1.0, "x*y": -1.0}
+    scale = max(abs(v) for v in evolved.values()) or 1.0
+    eta = float(np.mean(out["eta"]))
+    lines = [f"Readout rule: evolved polynomial vs the delta rule (eta_evolved = {eta:.3f}; "
+             "coefficients scaled to max |c| = 1)", "",
+             "| term | evolved | delta rule |", "|---|---|---|"]
+    for name in sorted(evolved, key=lambda n: -abs(evolved[n]))[:8]:
+        lines.append(f"| {name} | {evolved[name] / scale:+.3f} | {delta[name]:+.0f} |")
+    return "\n".join(lines)
 
 
 def format_report(rows: list[dict], task) -> str:
@@ -304,6 +358,9 @@ def main(argv=None) -> list[dict]:
     evolved = jax.device_get(evolution.mean(state))
     rows = build_report(evolution, evolved, args.eval_batch)
     report = format_report(rows, task)
+    pattern = delta_sign_pattern(evolved)
+    if pattern is not None:
+        report += "\n\n" + pattern
     print("\n" + report)
     print(f"\nevolved coefficients (ES mean): "
           f"{jax.tree.map(lambda x: np.round(np.asarray(x), 3).tolist(), evolved['coeffs'])}")

@@ -1,0 +1,50 @@
+"""experiments/es_abcd.py end to end on a tiny budget: outputs, report, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import es_abcd  # noqa: E402
+
+TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2", "--generations", "2",
+        "--log-every", "1", "--eval-batch", "16"]
+
+
+def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
+    out = str(tmp_path / "run")
+    rows = es_abcd.main(TINY + ["--out", out])
+    models = [r["model"] for r in rows]
+    for expected in ("evolved rule", "plasticity off", "random coefficients", "Hebb (readout)",
+                     "Hebb with decay (readout)", "Delta rule (readout)", "bigram (train-fitted)"):
+        assert expected in models
+    for name in ("config.json", "metrics.jsonl", "checkpoint.msgpack", "report.md",
+                 "report.json", "fitness.png", "coefficients.png", "weights.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        assert [json.loads(line)["generation"] for line in f] == [1, 2]
+
+    with pytest.raises(ValueError, match="different configuration .*hidden"):
+        es_abcd.main(TINY[:3] + ["16"] + TINY[4:] + ["--out", out, "--resume"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--strategy", "NoSuchES"], "unknown ES strategy 'NoSuchES'"),
+        (["--rule-out", "no_such_rule"], "unknown rule 'no_such_rule'"),
+        (["--task", "no_such_task"], "no_such_task"),
+        (["--pop", "5"], "population must be even"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "es_abcd.py"), *flags,
+         "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
