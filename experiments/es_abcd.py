@@ -30,8 +30,10 @@ import numpy as np
 
 from plastix import evolve, plastic, rules, tasks
 
-HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-HAND_RULE_DECAYS = (0.02, 0.05, 0.1, 0.2, 0.5)
+HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+# Hebb with decay keeps a fraction 1 - eta*decay of each weight per step: the grid is over
+# that retention (eta*decay >= 1 would flip or erase the memory every step).
+HAND_RULE_RETENTIONS = (0.99, 0.95, 0.9, 0.8, 0.6)
 RANDOM_COEFF_DRAWS = 8
 
 
@@ -56,11 +58,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pop", type=int, default=64)
     p.add_argument("--batch", type=int, default=32, help="lifetimes per member per generation")
     p.add_argument("--generations", type=int, default=300)
+    p.add_argument("--optimizer", default="sgd", help="ES mean update: sgd or adam")
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on evolved parameters")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-batch", type=int, default=512)
+    p.add_argument("--chunk-size", type=int, default=None, help="members evaluated at once")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="evaluate the population in chunks that fit this budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/es_abcd")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -103,18 +109,23 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
 def build_es_config(args) -> evolve.ESConfig:
     return evolve.ESConfig(
         strategy=args.strategy,
+        optimizer=args.optimizer,
         population=args.pop,
         batch=args.batch,
         lr=args.lr,
         sigma=args.sigma,
         l2_penalty=args.l2,
         eval_batch=args.eval_batch,
+        chunk_size=args.chunk_size,
+        memory_budget=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
     )
 
 
 def run_config(args) -> dict:
     """What defines a run: resuming with anything different is refused."""
-    keys = [k for k in vars(args) if k not in ("resume", "no_plots", "out")]
+    # Chunking changes memory, not results, so a resumed run may choose it afresh.
+    keys = [k for k in vars(args)
+            if k not in ("resume", "no_plots", "out", "chunk_size", "memory_budget_mb")]
     return {k: getattr(args, k) for k in sorted(keys)}
 
 
@@ -148,10 +159,11 @@ def hand_rule_candidates(net: plastic.PlasticRNN):
     for eta in HAND_RULE_ETAS:
         hebb = with_readout_rule(net, "hebb")
         yield "Hebb (readout)", hebb, _coeffs(hebb, eta=eta, decay=0.0), {"eta": eta}
-        for decay in HAND_RULE_DECAYS:
+        for retention in HAND_RULE_RETENTIONS:
+            decay = (1.0 - retention) / eta
             yield (
                 "Hebb with decay (readout)", hebb, _coeffs(hebb, eta=eta, decay=decay),
-                {"eta": eta, "decay": decay},
+                {"eta": eta, "decay": round(decay, 6)},
             )
         delta = with_readout_rule(net, "delta")
         yield "Delta rule (readout)", delta, _coeffs(delta, eta=eta), {"eta": eta}
@@ -320,7 +332,8 @@ def save_plots(out_dir: str, history: list[dict], evolution, evolved_params) -> 
     fig, axes = plt.subplots(len(layers), 2, figsize=(7, 3 * len(layers)), squeeze=False)
     for row_axes, layer in zip(axes, layers):
         for ax, w, when in zip(row_axes, (w_start[layer], w_end[layer]), ("start", "end")):
-            im = ax.imshow(np.asarray(w), aspect="auto", cmap="RdBu_r")
+            limit = float(np.max(np.abs(w))) or 1.0  # symmetric, so white is zero
+            im = ax.imshow(np.asarray(w), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(f"W_{layer} at lifetime {when}", fontsize=9), fig.colorbar(im, ax=ax)
     fig.tight_layout(), fig.savefig(os.path.join(out_dir, "weights.png"), dpi=120), plt.close(fig)
 

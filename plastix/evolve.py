@@ -37,9 +37,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from plastix import plastic
+from plastix import batching, plastic
 
 STRATEGIES: dict[str, type] = dict(evosax.algorithms.algorithms)
+OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
 NONFINITE_MARGIN = 1.0  # how far behind the worst finite member a divergent one ranks
 
 
@@ -51,16 +52,21 @@ class ESConfig:
       strategy: an evosax algorithm name (``plastix.evolve.STRATEGIES``).
       population: members per generation (even for antithetic sampling).
       batch: lifetimes (sequences) per member per generation.
-      lr, lr_decay, lr_min: SGD step on the ES mean, decayed every generation
-        (Najarro & Risi 2020 use 0.2 and 0.995).
+      optimizer: "sgd" (Najarro & Risi 2020) or "adam" on the ES gradient estimate.
+      lr, lr_decay, lr_min: its step size, decayed every generation
+        (Najarro & Risi 2020 use SGD with 0.2 and 0.995).
       sigma, sigma_decay, sigma_min: search std, decayed every generation
         (Najarro & Risi 2020: 0.1 and 0.999).
       l2_penalty: fitness += l2_penalty * ||theta||^2.
       antithetic: mirrored sampling (z, -z) where the strategy supports it.
       eval_batch: held-out sequences scored when reporting the ES mean.
+      chunk_size, memory_budget: evaluate the population ``chunk_size`` members
+        at a time, or in the largest chunks whose compiled working set fits
+        ``memory_budget`` bytes (``plastix.batching``); same results, less memory.
     """
 
     strategy: str = "Open_ES"
+    optimizer: str = "sgd"
     population: int = 64
     batch: int = 32
     lr: float = 0.2
@@ -72,11 +78,17 @@ class ESConfig:
     l2_penalty: float = 0.0
     antithetic: bool = True
     eval_batch: int = 512
+    chunk_size: int | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"unknown ES strategy {self.strategy!r}; evosax offers {sorted(STRATEGIES)}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown ES optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
             )
         if self.population < 2 or self.batch < 1:
             raise ValueError(
@@ -104,7 +116,9 @@ def make_strategy(cfg: ESConfig, solution: Any):
     """Build the evosax algorithm and its params for a solution template pytree."""
     kwargs: dict[str, Any] = {}
     if _accepts(cfg.strategy, "optimizer"):
-        kwargs["optimizer"] = optax.sgd(decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min))
+        kwargs["optimizer"] = OPTIMIZERS[cfg.optimizer](
+            decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min)
+        )
     if _accepts(cfg.strategy, "std_schedule"):
         kwargs["std_schedule"] = decay_schedule(cfg.sigma, cfg.sigma_decay, cfg.sigma_min)
     if _accepts(cfg.strategy, "use_antithetic_sampling"):
@@ -189,7 +203,11 @@ class Evolution:
         data_key, life_key = jax.random.split(key)
         data = self.task.sample(data_key, self.cfg.batch, split)
         member = lambda params: plastic.evaluate(self.net, params, life_key, *data)
-        return jax.vmap(member)(self._shard(population))
+        evaluate_all = batching.population_map(
+            member, chunk_size=self.cfg.chunk_size, memory_budget=self.cfg.memory_budget,
+            multiple_of=self.mesh.devices.size,
+        )
+        return evaluate_all(self._shard(population))
 
     def generation(self, state, key: jax.Array):
         """ask -> evaluate -> tell. Returns the new state and scalar metrics."""

@@ -106,6 +106,7 @@ def test_one_and_four_devices_agree():
     [
         ({"strategy": "NoSuchES"}, "unknown ES strategy 'NoSuchES'"),
         ({"population": 7}, "population must be even"),
+        ({"optimizer": "rmsprop"}, "unknown ES optimizer 'rmsprop'"),
         ({"population": 1}, "population >= 2"),
     ],
 )
@@ -131,3 +132,17 @@ def test_other_evosax_strategies_run():
         evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
         state, metrics = evolution.run(evolution.init(jax.random.key(1)), jax.random.key(2), 0, 2)
         assert np.all(np.isfinite(_mean_vector(evolution, state)))
+
+
+def test_chunked_population_evaluation_equals_unchunked():
+    population_key = jax.random.key(4)
+    results = []
+    for chunking in ({}, {"chunk_size": 3}):
+        cfg = evolve.ESConfig(population=8, batch=4, **chunking)
+        evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
+        state = evolution.init(jax.random.key(1))
+        population, _ = evolution.strategy.ask(population_key, state, evolution.es_params)
+        results.append(jax.jit(evolution.population_scores)(population, jax.random.key(5)))
+    for chunked in results[1:]:
+        np.testing.assert_allclose(chunked[0], results[0][0], rtol=1e-5)
+        np.testing.assert_allclose(chunked[1], results[0][1], rtol=1e-5)
