@@ -1,0 +1,287 @@
+"""Fast weights vs RNN baselines, trained by gradient descent (Ba et al. 2016).
+
+Subcommands:
+  train    train one model on one task:   --model rnn-ln-fw --task assoc_retrieval --hidden 50
+  test     score a trained run on its test split:             --run-dir runs/fast_weights/...
+  plot     loss / accuracy curves of runs:                    RUN_DIR [RUN_DIR ...] --out x.png
+  table1   Table 1 of Ba et al. 2016: test error of IRNN, LSTM and fast weights at R = 20, 50,
+           100 hidden units, beside the paper's figures       --task assoc_retrieval | mqar
+  charlm   bits per character on tiny shakespeare's validation split, LSTM vs RNN-LN-FW
+
+Every run lives in its own directory (``runs/`` by default) with config.json,
+experiment.json, metrics.jsonl and checkpoint.msgpack; running a command again resumes
+unfinished runs and skips finished ones.
+
+Reference: Ba, Hinton, Mnih, Leibo, Ionescu, "Using Fast Weights to Attend to the Recent
+Past", NeurIPS 2016 (arXiv:1610.06258), section 4.1 and Table 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+
+from plastix import models, tasks, train
+
+RESULTS = Path(__file__).parent / "results"
+TINY_SHAKESPEARE = "/work/shared/data/tinyshakespeare/input.txt"
+
+# The task configurations the experiments use: name -> kwargs of tasks.get.
+TASK_CONFIGS = {
+    # Ba et al.: 4 pairs ("c9k8j3f1??c"), 100k train / 10k valid / 20k test sequences.
+    "assoc_retrieval": {"name": "assoc_retrieval", "num_pairs": 4,
+                        "split_sizes": list(tasks.BA2016_SPLIT_SIZES)},
+    # A small MQAR (Arora et al. 2024) that a CPU can train: 8 pairs asked in one window of
+    # 32 tokens, 31 key ids and 32 value ids; 8 scored answers per sequence.
+    "mqar": {"name": "mqar", "vocab_size": 64, "num_pairs": 8, "seq_len": 32},
+    "text": {"name": "text", "path": TINY_SHAKESPEARE, "seq_len": 100},
+}
+
+# Table 1 of Ba et al. 2016: associative retrieval test error (%), R hidden units.
+PAPER_TABLE1 = {
+    "IRNN": {20: 62.11, 50: 60.23, 100: 0.34},
+    "LSTM": {20: 60.81, 50: 1.85, 100: 0.0},
+    "A-LSTM": {20: 60.13, 50: 1.62, 100: 0.0},
+    "Fast weights": {20: 1.81, 50: 0.0, 100: 0.0},
+}
+# Our model for each row of Table 1 (A-LSTM, Danihelka et al. 2016, is not built here).
+# Fast weights are trained in the attention form: the same function as the explicit form
+# (tests/test_models.py), 5x cheaper at T = 11 (benchmarks/bench_fast_weights.py).
+TABLE1_MODELS = {
+    "IRNN": ("control", {}),
+    "LSTM": ("lstm", {}),
+    "Fast weights": ("rnn-ln-fw", {"form": "attention"}),
+}
+TABLE1_SIZES = (20, 50, 100)
+
+
+@functools.lru_cache(maxsize=4)
+def _task(config_json: str):
+    # Cached: the fixed associative-retrieval data sets take seconds to draw.
+    config = json.loads(config_json)
+    return tasks.get(config.pop("name"), **config)
+
+
+def build(experiment: dict):
+    """(model, task) of an experiment record {"model", "hidden", "model_hyper", "task"}."""
+    task = _task(json.dumps(experiment["task"], sort_keys=True))
+    model = models.make_model(experiment["model"], task.vocab_size, task.seq_len,
+                              experiment["hidden"], **experiment.get("model_hyper", {}))
+    return model, task
+
+
+def train_run(run_dir: Path, experiment: dict, config: train.TrainConfig) -> train.TrainState:
+    """Train (or resume, or skip if finished) one run; returns its final state."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment.json").write_text(json.dumps(experiment, indent=1))
+    model, task = build(experiment)
+    tag = run_dir.name
+    return train.fit(model, task, config, run_dir,
+                     print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
+
+
+def score_run(run_dir: Path, split: str = "test", batches: int = 20,
+              batch_size: int = 1000) -> dict:
+    """Loss (nats), accuracy and bits/char of a trained run on ``batches`` x ``batch_size``
+    sequences of ``split``, drawn with a fixed key."""
+    experiment = json.loads((run_dir / "experiment.json").read_text())
+    config = train.TrainConfig(**json.loads((run_dir / train.CONFIG).read_text()))
+    model, task = build(experiment)
+    optimizer = train.make_optimizer(config.learning_rate, config.clip_norm)
+    template = train.init_state(jax.random.key(0), model, task.seq_len, optimizer)
+    state = train.restore_checkpoint(run_dir / train.CHECKPOINT, template)
+    evaluate = train.make_evaluate(model, task, batch_size, batches)
+    scores = {k: float(v) for k, v in evaluate(state.params, jax.random.key(2016), split).items()}
+    scores["bits_per_char"] = float(tasks.bits_per_char(scores["loss"]))
+    scores["error_pct"] = 100.0 * (1.0 - scores["accuracy"])
+    scores["steps"] = int(state.step)
+    return scores
+
+
+def _train_config(args) -> train.TrainConfig:
+    return train.TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                             learning_rate=args.lr, clip_norm=args.clip, seed=args.seed,
+                             log_every=args.log_every, eval_every=args.log_every * 10,
+                             checkpoint_every=args.log_every * 10)
+
+
+def cmd_train(args):
+    hyper = {"form": args.form} if args.model.lower() == "rnn-ln-fw" else {}
+    experiment = {"model": args.model, "hidden": args.hidden, "model_hyper": hyper,
+                  "task": TASK_CONFIGS[args.task]}
+    name = f"{args.task}-{args.model}-R{args.hidden}-s{args.seed}"
+    run_dir = args.run_dir or Path(args.runs) / name
+    train_run(Path(run_dir), experiment, _train_config(args))
+    print(json.dumps(score_run(Path(run_dir), "valid")))
+
+
+def cmd_test(args):
+    print(json.dumps(score_run(Path(args.run_dir), args.split, args.batches), indent=1))
+
+
+def cmd_plot(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for run_dir in args.run_dirs:
+        records = train.read_metrics(Path(run_dir) / train.METRICS)
+        for split, style in (("train", "-"), ("valid", "o--")):
+            rows = [r for r in records if r["split"] == split]
+            steps = [r["step"] for r in rows]
+            label = f"{Path(run_dir).name} {split}"
+            ax_loss.plot(steps, [r["loss"] for r in rows], style, label=label)
+            ax_acc.plot(steps, [r["accuracy"] for r in rows], style, label=label)
+    ax_loss.set(xlabel="update", ylabel="loss (nats per scored token)", yscale="log")
+    ax_acc.set(xlabel="update", ylabel="accuracy")
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+def table1_markdown(task_name: str, ours: dict, config: train.TrainConfig, seeds,
+                    minutes: float) -> str:
+    """Markdown: our test error per (model, R) next to the paper's Table 1."""
+    paper = task_name == "assoc_retrieval"
+    header = "| Model | " + " | ".join(
+        f"R={r} ours" + (f" | R={r} paper" if paper else "") for r in TABLE1_SIZES) + " |"
+    rows = [header, "|" + "---|" * (1 + len(TABLE1_SIZES) * (2 if paper else 1))]
+    for label in (PAPER_TABLE1 if paper else TABLE1_MODELS):
+        cells = []
+        for r in TABLE1_SIZES:
+            mean = ours.get(label, {}).get(r)
+            cells.append("—" if mean is None else f"{mean:.2f}%")
+            if paper:
+                cells.append(f"{PAPER_TABLE1[label][r]:.2f}%")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    settings = (f"Test error (%) on `{task_name}` {json.dumps(TASK_CONFIGS[task_name])}; "
+                f"{config.steps} Adam updates of batch {config.batch_size}, lr "
+                f"{config.learning_rate}, clip {config.clip_norm}; seeds {list(seeds)} "
+                f"(mean); {minutes:.1f} min wall-clock for the table on a shared 2-core CPU.")
+    return settings + "\n\n" + "\n".join(rows) + "\n"
+
+
+def cmd_table1(args):
+    config = _train_config(args)
+    seeds = args.seeds
+    runs_root = Path(args.runs) / "table1" / args.task
+    start, results = time.perf_counter(), []
+    for label, (model_name, hyper) in TABLE1_MODELS.items():
+        for hidden in TABLE1_SIZES:
+            for seed in seeds:
+                experiment = {"model": model_name, "hidden": hidden, "model_hyper": hyper,
+                              "task": TASK_CONFIGS[args.task]}
+                run_dir = runs_root / f"{model_name}-R{hidden}-s{seed}"
+                run_start = time.perf_counter()
+                train_run(run_dir, experiment, dataclasses.replace(config, seed=seed))
+                scores = score_run(run_dir, "test")
+                results.append({"model": label, "hidden": hidden, "seed": seed,
+                                "minutes": (time.perf_counter() - run_start) / 60, **scores})
+                print(json.dumps(results[-1]), flush=True)
+    minutes = (time.perf_counter() - start) / 60
+    ours = {}
+    for label in TABLE1_MODELS:
+        for hidden in TABLE1_SIZES:
+            errors = [r["error_pct"] for r in results
+                      if r["model"] == label and r["hidden"] == hidden]
+            ours.setdefault(label, {})[hidden] = sum(errors) / len(errors)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"table1_{args.task}"
+    stem.with_suffix(".md").write_text(table1_markdown(args.task, ours, config, seeds, minutes))
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"task": TASK_CONFIGS[args.task], "config": dataclasses.asdict(config), "runs": results,
+         "paper": PAPER_TABLE1 if args.task == "assoc_retrieval" else None}, indent=1))
+    print(stem.with_suffix(".md").read_text())
+
+
+def cmd_charlm(args):
+    config = _train_config(args)
+    start, rows = time.perf_counter(), []
+    for model_name, hyper in (("lstm", {}), ("rnn-ln-fw", {"form": args.form})):
+        experiment = {"model": model_name, "hidden": args.hidden, "model_hyper": hyper,
+                      "task": TASK_CONFIGS["text"]}
+        run_dir = Path(args.runs) / "charlm" / f"{model_name}-R{args.hidden}-s{args.seed}"
+        run_start = time.perf_counter()
+        train_run(run_dir, experiment, config)
+        scores = score_run(run_dir, "valid", batches=args.eval_batches, batch_size=100)
+        rows.append({"model": model_name, "hidden": args.hidden,
+                     "minutes": (time.perf_counter() - run_start) / 60, **scores})
+        print(json.dumps(rows[-1]), flush=True)
+    minutes = (time.perf_counter() - start) / 60
+    lines = [f"Tiny shakespeare, validation bits per character ({args.eval_batches} x 100 "
+             f"windows of {TASK_CONFIGS['text']['seq_len']} chars); {config.steps} Adam updates "
+             f"of batch {config.batch_size}, lr {config.learning_rate}, hidden {args.hidden}, "
+             f"seed {args.seed}; {minutes:.1f} min wall-clock on a shared 2-core CPU.", "",
+             "| Model | valid bits/char | valid accuracy |", "|---|---|---|"]
+    lines += [f"| {r['model']} | {r['bits_per_char']:.3f} | {r['accuracy']:.3f} |" for r in rows]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "charlm_tinyshakespeare.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "charlm_tinyshakespeare.json").write_text(json.dumps(
+        {"config": dataclasses.asdict(config), "runs": rows}, indent=1))
+    print("\n".join(lines))
+
+
+def _add_training_flags(p, steps, batch_size, lr):
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--log-every", type=int, default=100,
+                   help="log every N steps; evaluate and checkpoint every 10 N")
+    p.add_argument("--runs", default="runs/fast_weights", help="root of the run directories")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model")
+    p.add_argument("--model", default="rnn-ln-fw", choices=sorted(models.CELLS))
+    p.add_argument("--task", default="assoc_retrieval", choices=sorted(TASK_CONFIGS))
+    p.add_argument("--hidden", type=int, default=50)
+    p.add_argument("--form", default="attention", choices=("explicit", "attention"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path)
+    _add_training_flags(p, steps=10_000, batch_size=128, lr=1e-3)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score a trained run")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=tasks.SPLITS)
+    p.add_argument("--batches", type=int, default=20, help="batches of 1000 sequences")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("plot", help="plot training curves")
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--out", default="fast_weights.png")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("table1", help="reproduce Table 1 of Ba et al. 2016")
+    p.add_argument("--task", default="assoc_retrieval", choices=("assoc_retrieval", "mqar"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    _add_training_flags(p, steps=3_000, batch_size=128, lr=1e-3)
+    p.set_defaults(func=cmd_table1, seed=0)
+
+    p = sub.add_parser("charlm", help="char-level LM on tiny shakespeare")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--form", default="attention", choices=("explicit", "attention"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batches", type=int, default=20)
+    _add_training_flags(p, steps=1_500, batch_size=32, lr=3e-3)
+    p.set_defaults(func=cmd_charlm)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

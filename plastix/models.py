@@ -1,0 +1,403 @@
+"""Gradient-trained recurrent models: RNN baselines and fast-weight RNNs.
+
+Every recurrent model here is a flax cell with one shape,
+
+    carry = cell.initialize_carry(key, (batch, features))
+    carry, h = cell(carry, x)              # one time step, x: (batch, features)
+
+and :class:`TokenModel` scans it over time with ``flax.linen.RNN`` (a ``lax.scan``),
+between a token embedding and a softmax readout. The cells:
+
+==============  ==========================================================================
+``control``     IRNN: h' = relu(W h + C x + b), W initialised to the identity
+                (Le, Jaitly & Hinton 2015, "A simple way to initialize RNNs of ReLUs").
+``rnn-ln``      h' = relu(LN[W h + C x + b])  (Ba, Kiros & Hinton 2016, "Layer normalization").
+``rnn-ln-fw``   fast weights (Ba, Hinton, Mnih, Leibo & Ionescu 2016, "Using fast weights
+                to attend to the recent past"), explicit-A or attention form.
+``gru-ln``      GRU with every gate layer-normalised separately.
+``lstm``        flax's LSTM (Hochreiter & Schmidhuber 1997), the paper's baseline.
+``delta-fw``    recurrent delta-rule fast-weight net (Schlag, Irie & Schmidhuber 2021,
+                "Linear transformers are secretly fast weight programmers").
+==============  ==========================================================================
+
+Fast-weight writes call :mod:`plastix.rules` (``fast_weight_ba``, ``fast_weight_delta``),
+one example at a time under ``jax.vmap``, as the rule contract asks.
+
+Layer norm always normalises each example over its own hidden features. (The public
+TensorFlow reference of the fast-weights model took the moments over the batch axis, which
+makes one sequence's hidden state depend on the other sequences in its batch; its GRU-LN fed
+the reset gate's pre-activation to the update gate's layer norm.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from plastix import rules
+
+Array = jax.Array
+
+
+def identity_init(scale: float = 1.0) -> Callable:
+    """Initialiser for a square kernel: ``scale * I`` (the IRNN initialisation)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return scale * jnp.eye(shape[0], shape[1], dtype=dtype)
+
+    return init
+
+
+def feature_layer_norm(name: str | None = None) -> nn.LayerNorm:
+    """Layer norm over the last (feature) axis only: statistics per example, never per batch.
+
+    LN(z) = g * (z - mean(z)) / sqrt(var(z) + eps) + b, moments over z's H features.
+    """
+    return nn.LayerNorm(reduction_axes=-1, feature_axes=-1, use_fast_variance=False, name=name)
+
+
+class SlowTransition(nn.Module):
+    """The slow-weight pre-activation of a simple RNN: z = W h(t) + C x(t) + b."""
+
+    features: int
+    recurrent_scale: float = 1.0  # W starts as recurrent_scale * I (IRNN)
+
+    @nn.compact
+    def __call__(self, h: Array, x: Array) -> Array:
+        recurrent = nn.Dense(
+            self.features, use_bias=False, kernel_init=identity_init(self.recurrent_scale),
+            name="recurrent",
+        )
+        return recurrent(h) + nn.Dense(self.features, name="input")(x)
+
+
+class HiddenVectorCell(nn.RNNCellBase):
+    """Base of the cells here: features on the last axis, carry h(0) = 0 unless overridden."""
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]):
+        del rng
+        return jnp.zeros(input_shape[:-1] + (self.features,))
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class SimpleRNNCell(HiddenVectorCell):
+    """Simple ReLU RNN, with or without layer norm.
+
+    h(t+1) = relu(W h(t) + C x(t) + b)          (CONTROL / IRNN, layer_norm=False)
+    h(t+1) = relu(LN[W h(t) + C x(t) + b])      (RNN-LN, layer_norm=True)
+    """
+
+    features: int
+    layer_norm: bool = False
+    recurrent_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, h: Array, x: Array) -> tuple[Array, Array]:
+        z = SlowTransition(self.features, self.recurrent_scale)(h, x)
+        if self.layer_norm:
+            z = feature_layer_norm()(z)
+        h = nn.relu(z)
+        return h, h
+
+
+class FastMemory(NamedTuple):
+    """How a fast-weights cell stores A(t), as pure per-example functions.
+
+    init(h) -> memory          empty memory (A(0) = 0) for a hidden vector shaped like h
+    read(memory, q) -> A(t) q
+    write(memory, h) -> memory holding A(t+1) = lam A(t) + eta h h^T
+    """
+
+    init: Callable[[Array], Any]
+    read: Callable[[Any, Array], Array]
+    write: Callable[[Any, Array], Any]
+
+
+def explicit_fast_weights(decay: float, fast_lr: float) -> FastMemory:
+    """Fast weights stored as the matrix A (H x H), written by ``rules.fast_weight_ba``.
+
+    A(t) = lam A(t-1) + eta h(t) h(t)^T; reading costs O(H^2) per inner step.
+    """
+    rule = rules.get("fast_weight_ba")
+    coeffs = {"lam": jnp.asarray(decay), "eta": jnp.asarray(fast_lr)}
+
+    def init(h):
+        a = jnp.zeros(h.shape + h.shape, h.dtype)
+        return a, rule.init(a)
+
+    def read(memory, q):
+        a, _ = memory
+        return a @ q
+
+    def write(memory, h):
+        a, state = memory
+        da, state = rule.update(coeffs, state, a, h, h, None)
+        return a + da, state
+
+    return FastMemory(init, read, write)
+
+
+def attention_fast_weights(decay: float, fast_lr: float, max_len: int) -> FastMemory:
+    """Fast weights never formed: attention over the stored past hidden states.
+
+    With A(0) = 0 the rule unrolls to A(t) = eta sum_{tau<=t} lam^(t-tau) h(tau) h(tau)^T, so
+
+        A(t) q = eta sum_{tau<=t} lam^(t-tau) <h(tau), q> h(tau)        (Ba et al. 2016, eq. 3)
+
+    which costs O(t H) per inner step instead of O(H^2): cheaper while t < H. The memory is
+    a fixed (max_len, H) buffer of past states plus a counter, so the carry keeps one shape.
+    """
+
+    def init(h):
+        return jnp.zeros((max_len,) + h.shape, h.dtype), jnp.zeros((), jnp.int32)
+
+    def read(memory, q):
+        past, count = memory
+        slot = jnp.arange(max_len)
+        age = (count - 1 - slot).astype(q.dtype)
+        weight = jnp.where(slot < count, fast_lr * decay**age, 0.0)
+        return past.T @ (weight * (past @ q))
+
+    def write(memory, h):
+        past, count = memory
+        return past.at[count].set(h), count + 1
+
+    return FastMemory(init, read, write)
+
+
+class FastWeightRNNCell(HiddenVectorCell):
+    """RNN-LN-FW: a layer-normalised ReLU RNN with a fast associative memory.
+
+    Ba, Hinton, Mnih, Leibo & Ionescu 2016, "Using fast weights to attend to the recent past":
+
+        h_0(t+1)     = relu(W h(t) + C x(t) + b)
+        h_{s+1}(t+1) = relu(LN[W h(t) + C x(t) + b + A(t) h_s(t+1)]),   s = 0 .. S-1
+        h(t+1)       = h_S(t+1)
+        A(t+1)       = lam A(t) + eta h(t+1) h(t+1)^T,                    A(0) = 0 per sequence
+
+    ``form="explicit"`` keeps A in the carry; ``form="attention"`` keeps the past hidden
+    states instead (see :func:`attention_fast_weights`). Both give the same h(t).
+    """
+
+    features: int
+    max_len: int  # longest sequence; sizes the attention form's buffer
+    form: str = "explicit"
+    inner_steps: int = 1  # S
+    decay: float = 0.95  # lam
+    fast_lr: float = 0.5  # eta
+    recurrent_scale: float = 1.0
+    activation: Callable[[Array], Array] = nn.relu  # f
+
+    @nn.nowrap
+    def memory(self) -> FastMemory:
+        if self.form == "explicit":
+            return explicit_fast_weights(self.decay, self.fast_lr)
+        if self.form == "attention":
+            return attention_fast_weights(self.decay, self.fast_lr, self.max_len)
+        raise ValueError(f"form must be 'explicit' or 'attention', got {self.form!r}")
+
+    @nn.compact
+    def __call__(self, carry, x: Array):
+        h, memory = carry
+        fast = self.memory()
+        z = SlowTransition(self.features, self.recurrent_scale)(h, x)
+        layer_norm = feature_layer_norm()  # one LN shared by all S inner steps
+        h_s = self.activation(z)
+        for _ in range(self.inner_steps):  # S is small and static: unrolled
+            h_s = self.activation(layer_norm(z + jax.vmap(fast.read)(memory, h_s)))
+        memory = jax.vmap(fast.write)(memory, h_s)
+        return (h_s, memory), h_s
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]):
+        del rng
+        h = jnp.zeros(input_shape[:-1] + (self.features,))
+        return h, jax.vmap(self.memory().init)(h)
+
+
+class LayerNormGRUCell(HiddenVectorCell):
+    """GRU-LN: a GRU (Cho et al. 2014) whose gates are layer-normalised one by one.
+
+    r  = sigmoid(LN_r[W_r x + U_r h + b_r])
+    u  = sigmoid(LN_u[W_u x + U_u h + b_u])
+    c  = tanh(LN_c[W_c x + b_c + r * (U_c h)])
+    h' = u * h + (1 - u) * c
+
+    Each gate has its own gain and bias and its own moments over its H features.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h: Array, x: Array) -> tuple[Array, Array]:
+        gates = nn.Dense(2 * self.features, name="gates")(jnp.concatenate([x, h], axis=-1))
+        reset_pre, update_pre = jnp.split(gates, 2, axis=-1)
+        reset = nn.sigmoid(feature_layer_norm("ln_reset")(reset_pre))
+        update = nn.sigmoid(feature_layer_norm("ln_update")(update_pre))
+        candidate_pre = nn.Dense(self.features, name="candidate_input")(x) + reset * nn.Dense(
+            self.features, use_bias=False, name="candidate_recurrent"
+        )(h)
+        candidate = jnp.tanh(feature_layer_norm("ln_candidate")(candidate_pre))
+        h = update * h + (1.0 - update) * candidate
+        return h, h
+
+
+class DeltaRNNCell(HiddenVectorCell):
+    """Recurrent delta-rule fast-weight net (Schlag, Irie & Schmidhuber 2021).
+
+    From z = [x(t), h(t)] the slow weights program the fast matrix W_f (H x H):
+
+        k = W_k z / |W_k z|,  q = W_q z / |W_q z|,  v = W_v z,  beta = sigmoid(w_b . z)
+        W_f(t+1) = W_f(t) + beta (v - W_f(t) k) k^T      (``rules.fast_weight_delta``)
+        h(t+1)   = LN[W_f(t+1) q]
+
+    The delta rule overwrites the value stored under k instead of adding to it. Keys are
+    L2-normalised so that (I - beta k k^T) has eigenvalues in [1 - beta, 1]: W_f cannot blow
+    up however long the sequence (Yang et al. 2024 use the same normalisation). Feeding h(t)
+    back into z makes the net recurrent (Irie et al. 2021, "Going beyond linear transformers
+    with recurrent fast weight programmers").
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, x: Array):
+        h, fast_w, rule_state = carry
+        rule = rules.get("fast_weight_delta")
+        z = jnp.concatenate([x, h], axis=-1)
+        key = _l2_normalise(nn.Dense(self.features, name="key")(z))
+        query = _l2_normalise(nn.Dense(self.features, name="query")(z))
+        value = nn.Dense(self.features, name="value")(z)
+        beta = nn.sigmoid(nn.Dense(1, name="beta")(z))[..., 0]
+        coeffs = {"beta": jnp.asarray(1.0)}  # the write strength is the dynamic beta (mod)
+        d_fast_w, rule_state = jax.vmap(rule.update, in_axes=(None, 0, 0, 0, 0, 0))(
+            coeffs, rule_state, fast_w, key, value, beta
+        )
+        fast_w = fast_w + d_fast_w
+        h = feature_layer_norm()(jnp.einsum("...ij,...j->...i", fast_w, query))
+        return (h, fast_w, rule_state), h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]):
+        del rng
+        h = jnp.zeros(input_shape[:-1] + (self.features,))
+        fast_w = jnp.zeros(input_shape[:-1] + (self.features, self.features))
+        rule_state = jax.vmap(rules.get("fast_weight_delta").init)(fast_w)
+        return h, fast_w, rule_state
+
+
+def _l2_normalise(v: Array, eps: float = 1e-6) -> Array:
+    return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + eps)
+
+
+class TokenModel(nn.Module):
+    """Token sequence -> next-token logits: embedding, a recurrent cell over time, readout.
+
+    logits(t) = V relu(U h(t) + c) + d, with h(t) from the cell scanned over the embedded
+    tokens (the hidden ReLU layer between the RNN and the softmax follows Ba et al. 2016;
+    ``readout_features=0`` drops it).
+    """
+
+    cell: nn.RNNCellBase
+    vocab_size: int
+    embed_dim: int = 100
+    readout_features: int = 100
+
+    def setup(self):
+        self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+        self.rnn = nn.RNN(self.cell)
+        self.readout = nn.Dense(self.readout_features) if self.readout_features else None
+        self.logits = nn.Dense(self.vocab_size)
+
+    def hidden_states(self, tokens: Array) -> Array:
+        """(batch, T) int tokens -> (batch, T, H) hidden states h(1..T)."""
+        max_len = getattr(self.cell, "max_len", None)
+        if max_len is not None and tokens.shape[-1] > max_len:
+            raise ValueError(f"sequence length {tokens.shape[-1]} > cell max_len {max_len}")
+        return self.rnn(self.embed(tokens))
+
+    def __call__(self, tokens: Array) -> Array:
+        """(batch, T) int tokens -> (batch, T, vocab) logits."""
+        h = self.hidden_states(tokens)
+        if self.readout is not None:
+            h = nn.relu(self.readout(h))
+        return self.logits(h)
+
+
+def _control(features, seq_len):
+    return SimpleRNNCell(features, layer_norm=False)
+
+
+def _rnn_ln(features, seq_len):
+    return SimpleRNNCell(features, layer_norm=True)
+
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+
+
+def _rnn_ln_fw(features, seq_len, form="explicit", inner_steps=1, decay=0.95, fast_lr=0.5,
+               activation="relu", recurrent_scale=1.0):
+    return FastWeightRNNCell(features, seq_len, form, inner_steps, decay, fast_lr,
+                             recurrent_scale, ACTIVATIONS[activation])
+
+
+def _gru_ln(features, seq_len):
+    return LayerNormGRUCell(features)
+
+
+def _lstm(features, seq_len):
+    return nn.OptimizedLSTMCell(features)
+
+
+def _delta_fw(features, seq_len):
+    return DeltaRNNCell(features)
+
+
+CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {
+    "control": _control,
+    "rnn-ln": _rnn_ln,
+    "rnn-ln-fw": _rnn_ln_fw,
+    "gru-ln": _gru_ln,
+    "lstm": _lstm,
+    "delta-fw": _delta_fw,
+}
+
+
+def make_cell(name: str, features: int, seq_len: int, **hyper) -> nn.RNNCellBase:
+    """The recurrent cell called ``name`` (case-insensitive) with ``features`` hidden units.
+
+    ``hyper`` goes to the cell (``rnn-ln-fw``: form, inner_steps, decay, fast_lr).
+    """
+    factory = CELLS.get(name.lower())
+    if factory is None:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(CELLS)}")
+    return factory(features, seq_len, **hyper)
+
+
+def make_model(
+    name: str,
+    vocab_size: int,
+    seq_len: int,
+    hidden_size: int,
+    embed_dim: int = 100,
+    readout_features: int = 100,
+    **hyper,
+) -> TokenModel:
+    """A :class:`TokenModel` around ``make_cell(name, hidden_size, seq_len, **hyper)``.
+
+    Example:
+        >>> model = make_model("rnn-ln-fw", vocab_size=37, seq_len=11, hidden_size=50)
+        >>> params = model.init(jax.random.key(0), jnp.zeros((1, 11), jnp.int32))
+        >>> model.apply(params, jnp.zeros((4, 11), jnp.int32)).shape
+        (4, 11, 37)
+    """
+    cell = make_cell(name, hidden_size, seq_len, **hyper)
+    return TokenModel(cell, vocab_size, embed_dim, readout_features)
