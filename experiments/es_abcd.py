@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modulation", default="none", choices=plastic.MODULATIONS)
     p.add_argument("--weight-noise", type=float, default=0.0)
     p.add_argument("--evolve-init", action="store_true", help="coevolve the initial weights")
+    p.add_argument("--readout-bias", action="store_true", help="always-on unit into the readout")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--strategy", default="Open_ES")
     p.add_argument("--pop", type=int, default=64)
@@ -103,6 +104,7 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
         weight_noise=args.weight_noise,
         readout_post=args.readout_post,
         modulation=args.modulation,
+        readout_bias=args.readout_bias,
     )
 
 

@@ -143,8 +143,9 @@ def population_map(fn: Callable, *, chunk_size: int | None = None,
     Args:
       fn: the per-member function (see `chunked_vmap`).
       chunk_size: members per chunk; wins over ``memory_budget``.
-      memory_budget: bytes the evaluation may use; the chunk size is derived at trace
-        time from ``fn``'s compiled memory analysis (`member_memory`).
+      memory_budget: bytes the evaluation may use, the population's own inputs
+        included; the chunk size is derived at trace time from ``fn``'s compiled memory
+        analysis (`member_memory`).
       multiple_of: keep chunks a multiple of this (the number of devices sharing them).
 
     Returns:
@@ -159,7 +160,9 @@ def population_map(fn: Callable, *, chunk_size: int | None = None,
         population = _leading_size(args)
         member_args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), args)
         cost = member_memory(fn, *member_args)
-        size = chunk_size_for_budget(cost, memory_budget, population, multiple_of)
+        # The whole population's inputs stay resident; the chunks share what is left.
+        inputs = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(args))
+        size = chunk_size_for_budget(cost, memory_budget - inputs, population, multiple_of)
         return chunked_vmap(fn, size)(*args)
 
     return evaluate

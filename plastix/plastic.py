@@ -72,6 +72,9 @@ class PlasticRNN:
       modulation: modulatory signal of the hidden layers: "none", or "reward",
         r_t = -(NLL_t - running mean of NLL), the third factor of the
         reward-modulated Hebbian RNN.
+      readout_bias: give the readout an always-on presynaptic unit (W_out is
+        V x (N+1)); its synapses follow the readout rule like any other, which
+        lets a rule learn token frequencies within a lifetime.
     """
 
     vocab_size: int
@@ -84,6 +87,7 @@ class PlasticRNN:
     weight_noise: float = 0.0
     readout_post: str = "auto"
     modulation: str = "none"
+    readout_bias: bool = False
 
     def __post_init__(self):
         if self.vocab_size < 2 or self.hidden_size < 1:
@@ -109,7 +113,7 @@ class PlasticRNN:
 
     def weight_shapes(self) -> dict[str, tuple[int, int]]:
         n, v = self.hidden_size, self.vocab_size
-        return {"in": (n, v), "rec": (n, n), "out": (v, n)}
+        return {"in": (n, v), "rec": (n, n), "out": (v, n + self.readout_bias)}
 
     def rule(self, layer: str) -> rules_lib.Rule:
         return make_rule(dict(self.layer_rules)[layer])
@@ -241,7 +245,8 @@ def _step(net: PlasticRNN, coeffs: dict, noise_key, carry: Carry, xs):
     w = carry.weights
     x = jax.nn.one_hot(token, net.vocab_size)
     h = jnp.tanh(w["in"] @ x + w["rec"] @ carry.h)
-    logits = w["out"] @ h
+    readout_pre = jnp.append(h, 1.0) if net.readout_bias else h
+    logits = w["out"] @ readout_pre
     log_probs = jax.nn.log_softmax(logits)
     nll = -log_probs[target]
 
@@ -252,7 +257,7 @@ def _step(net: PlasticRNN, coeffs: dict, noise_key, carry: Carry, xs):
     pre_post_mod = {
         "in": (x, h, hidden_mod),
         "rec": (carry.h, h, hidden_mod),
-        "out": (h, readout_post, teacher),
+        "out": (readout_pre, readout_post, teacher),
     }
     layer_keys = jax.random.split(jax.random.fold_in(noise_key, t), len(LAYERS))
     new_w, new_states = dict(w), dict(carry.rule_states)

@@ -114,3 +114,15 @@ def test_reward_modulation_and_granularity_shapes():
 def test_bad_configuration_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plastic.PlasticRNN(vocab_size=10, **kwargs)
+
+
+def test_readout_bias_is_a_plastic_always_on_unit():
+    net = dataclasses.replace(NET, layer_rules=(("out", "hebb"),), readout_bias=True)
+    assert net.weight_shapes()["out"] == (TASK.vocab_size, NET.hidden_size + 1)
+    inputs, targets, mask = _one_sequence()
+    _, (w_start, w_end) = plastic.lifetime_logits(net, _params(net, eta=1.0), jax.random.key(0),
+                                                  inputs, targets, mask)
+    teacher, teach_on = plastic.teaching_signal(inputs, targets, mask)
+    # Hebb on the bias column adds eta * 1 for every teaching step of each token.
+    counts = np.bincount(np.asarray(teacher)[np.asarray(teach_on) > 0], minlength=TASK.vocab_size)
+    np.testing.assert_allclose(w_end["out"][:, -1] - w_start["out"][:, -1], counts, rtol=1e-5)

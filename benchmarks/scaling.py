@@ -1,0 +1,107 @@
+"""Scaling of the `bench_es.py` workload: throughput and memory against population,
+hidden size and sequence length.
+
+Each sweep varies one size from the defaults (P 64, B 8, T 100, N 128, V 65). For every
+point it records the `bench_es.run` JSON (best-of-``--repeats`` throughput, compile
+excluded) and two memory figures from XLA's compiled memory analysis: the evaluation as
+run (population streamed in chunks, see `plastix.batching`) and, compiled but not run,
+plain ``vmap`` over the whole population -- what chunking saves.
+
+    python benchmarks/scaling.py [--quick] [--out benchmarks/results]
+
+writes ``scaling.json`` and ``scaling.png`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import bench_es  # first: it configures the XLA devices before JAX initialises
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from plastix import batching, kernels  # noqa: E402
+
+DEFAULTS = {"pop": 64, "batch": 8, "seq_len": 100, "hidden": 128, "vocab": 65}
+SWEEPS = {
+    "pop": [1, 4, 16, 64, 256, 1024, 4096],
+    "hidden": [32, 64, 128, 256, 512],
+    "seq_len": [25, 50, 100, 200, 400],
+}
+QUICK_SWEEPS = {"pop": [1, 8, 64], "hidden": [32, 128], "seq_len": [25, 100]}
+
+
+def unchunked_bytes(sizes: dict) -> int:
+    """`batching.compiled_bytes` of plain ``vmap`` over the whole population (not run)."""
+    shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+    layers = bench_es.layer_shapes(sizes["hidden"], sizes["vocab"])
+    coeffs = {k: {n: shape(sizes["pop"], *s) for n in ("A", "B", "C", "D", "eta")}
+              for k, s in layers.items()}
+    weights = {k: shape(sizes["batch"], *s) for k, s in layers.items()}
+    tokens = jax.ShapeDtypeStruct((sizes["batch"], sizes["seq_len"]), jnp.int32)
+
+    def population(coeffs, weights, tokens):
+        member = lambda c: jnp.mean(kernels.lifetime(c, weights, tokens)[0])
+        return jax.vmap(member)(coeffs)
+
+    return batching.compiled_bytes(jax.jit(population).lower(coeffs, weights, tokens).compile())
+
+
+def sweep(name: str, values: list[int], repeats: int) -> list[dict]:
+    points = []
+    for value in values:
+        sizes = DEFAULTS | {name: value}
+        record, _ = bench_es.run(**sizes, repeats=repeats, roofline=False, budget_s=20.0)
+        record["unchunked_xla_memory_bytes"] = unchunked_bytes(sizes)
+        print(json.dumps(record), flush=True)
+        points.append(record)
+    return points
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    labels = {"pop": "population P", "hidden": "hidden size N", "seq_len": "sequence length T"}
+    for ax, (name, points) in zip(axes[0], results.items()):
+        x = [p[name] for p in points]
+        ax.plot(x, [p["synapse_updates_per_s"] / 1e9 for p in points], "o-", color="C0")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(labels[name])
+        ax.set_ylabel("synapse updates / s (1e9)", color="C0")
+        ax.set_ylim(bottom=0)
+        mem = ax.twinx()
+        mem.plot(x, [p["xla_memory_bytes"] / 2**20 for p in points], "s--", color="C1",
+                 label="chunked (as run)")
+        mem.plot(x, [p["unchunked_xla_memory_bytes"] / 2**20 for p in points], "^:",
+                 color="C3", label="plain vmap")
+        mem.set_yscale("log")
+        mem.set_ylabel("XLA memory (MiB)", color="C1")
+        mem.legend(loc="lower right", fontsize=8)
+    device = next(iter(results.values()))[0]["device"]
+    fig.suptitle(f"plastix bench_es workload scaling ({device}; others at P64 B8 T100 N128 V65)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few small points only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=pathlib.Path,
+                        default=pathlib.Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    sweeps = QUICK_SWEEPS if args.quick else SWEEPS
+    results = {name: sweep(name, values, args.repeats) for name, values in sweeps.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scaling.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / "scaling.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
