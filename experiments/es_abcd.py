@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-noise", type=float, default=0.0)
     p.add_argument("--evolve-init", action="store_true", help="coevolve the initial weights")
     p.add_argument("--readout-bias", action="store_true", help="always-on unit into the readout")
+    p.add_argument("--log-rates", action="store_true", help="evolve log(eta) instead of eta")
+    p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero"),
+                   help="ES start: the rules' default coefficients, or all zero with eta = 1")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--strategy", default="Open_ES")
     p.add_argument("--pop", type=int, default=64)
@@ -105,6 +108,7 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
         readout_post=args.readout_post,
         modulation=args.modulation,
         readout_bias=args.readout_bias,
+        log_rates=args.log_rates,
     )
 
 
@@ -121,6 +125,21 @@ def build_es_config(args) -> evolve.ESConfig:
         chunk_size=args.chunk_size,
         memory_budget=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
     )
+
+
+def initial_mean(net: plastic.PlasticRNN, args) -> dict:
+    """Where ES starts. "zero": no plasticity term at all but a unit learning rate, so the
+    first generations measure which terms help instead of climbing out of a default rule."""
+    params = plastic.init_params(net, jax.random.key(args.seed))
+    if args.init_mean == "defaults":
+        return params
+    unit_rate = 0.0 if net.log_rates else 1.0
+    params["coeffs"] = {
+        layer: {name: jnp.full_like(v, unit_rate if name == "eta" else 0.0)
+                for name, v in coeffs.items()}
+        for layer, coeffs in params["coeffs"].items()
+    }
+    return params
 
 
 def run_config(args) -> dict:
@@ -152,7 +171,7 @@ def with_readout_rule(net: plastic.PlasticRNN, rule_name: str) -> plastic.Plasti
     """The same network with only the readout plastic, under ``rule_name``."""
     return dataclasses.replace(
         net, layer_rules=(("out", rule_name),), granularity="shared", evolve_init=False,
-        readout_post="auto",
+        readout_post="auto", log_rates=False,
     )
 
 
@@ -348,7 +367,8 @@ def main(argv=None) -> list[dict]:
     task = build_task(args)
     net = build_net(args, task.vocab_size)
     cfg = build_es_config(args)
-    evolution = evolve.make_evolution(net, task, cfg, jax.random.key(args.seed))
+    evolution = evolve.make_evolution(net, task, cfg, jax.random.key(args.seed),
+                                      init_mean=initial_mean(net, args))
     config = run_config(args)
     check_resume_config(args.out, config, args.resume)
     os.makedirs(args.out, exist_ok=True)
@@ -373,18 +393,19 @@ def main(argv=None) -> list[dict]:
     evolved = jax.device_get(evolution.mean(state))
     rows = build_report(evolution, evolved, args.eval_batch)
     report = format_report(rows, task)
-    pattern = delta_sign_pattern(evolved)
+    effective = jax.device_get(plastic.rule_coeffs(net, evolved))  # eta, not log(eta)
+    pattern = delta_sign_pattern({"coeffs": effective})
     if pattern is not None:
         report += "\n\n" + pattern
     print("\n" + report)
     print(f"\nevolved coefficients (ES mean): "
-          f"{jax.tree.map(lambda x: np.round(np.asarray(x), 3).tolist(), evolved['coeffs'])}")
+          f"{jax.tree.map(lambda x: np.round(np.asarray(x), 3).tolist(), effective)}")
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(report + "\n")
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"rows": rows, "seconds": time.perf_counter() - t0,
                    "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(),
-                                                  evolved["coeffs"])}, f, indent=1)
+                                                  effective)}, f, indent=1)
     if not args.no_plots:
         save_plots(args.out, history, evolution, evolved)
     print(f"\nwrote {args.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "

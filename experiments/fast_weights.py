@@ -150,7 +150,11 @@ def cmd_plot(args):
 
 def table1_markdown(task_name: str, ours: dict, config: train.TrainConfig, seeds,
                     minutes: float) -> str:
-    """Markdown: our test error per (model, R) next to the paper's Table 1."""
+    """Markdown: our test error per (model, R) next to the paper's Table 1.
+
+    ``ours[label][R]`` is the list of test errors (%) over seeds: one figure, or the mean
+    with the range over seeds and their number.
+    """
     paper = task_name == "assoc_retrieval"
     header = "| Model | " + " | ".join(
         f"R={r} ours" + (f" | R={r} paper" if paper else "") for r in TABLE1_SIZES) + " |"
@@ -158,24 +162,46 @@ def table1_markdown(task_name: str, ours: dict, config: train.TrainConfig, seeds
     for label in (PAPER_TABLE1 if paper else TABLE1_MODELS):
         cells = []
         for r in TABLE1_SIZES:
-            mean = ours.get(label, {}).get(r)
-            cells.append("—" if mean is None else f"{mean:.2f}%")
+            errors = ours.get(label, {}).get(r)
+            if errors is None:
+                cells.append("—")
+            elif len(errors) == 1:
+                cells.append(f"{errors[0]:.2f}%")
+            else:  # mean, and the spread over seeds: single runs of this task vary a lot
+                cells.append(f"{sum(errors) / len(errors):.2f}% ({min(errors):.2f}–"
+                             f"{max(errors):.2f}, n={len(errors)})")
             if paper:
                 cells.append(f"{PAPER_TABLE1[label][r]:.2f}%")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     settings = (f"Test error (%) on `{task_name}` {json.dumps(TASK_CONFIGS[task_name])}; "
                 f"{config.steps} Adam updates of batch {config.batch_size}, lr "
                 f"{config.learning_rate}, clip {config.clip_norm}; seeds {list(seeds)} "
-                f"(mean); {minutes:.1f} min wall-clock for the table on a shared 2-core CPU.")
+                f"(mean, range); {minutes:.1f} min wall-clock for the table on a shared 2-core CPU.")
     return settings + "\n\n" + "\n".join(rows) + "\n"
+
+
+def _kept_results(stem: Path, rerun: set[str]) -> list[dict]:
+    """Run records of the rows not rerun this time, from the table's previous JSON."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text())
+    kept = [r for r in previous["runs"] if r["model"] not in rerun]
+    for r in kept:  # each record carries the settings it was trained with
+        r.setdefault("config", previous["config"])
+    return kept
 
 
 def cmd_table1(args):
     config = _train_config(args)
     seeds = args.seeds
     runs_root = Path(args.runs) / "table1" / args.task
+    stem = RESULTS / f"table1_{args.task}"
+    rows = args.models or list(TABLE1_MODELS)
     start, results = time.perf_counter(), []
     for label, (model_name, hyper) in TABLE1_MODELS.items():
+        if label not in rows:
+            continue
         for hidden in TABLE1_SIZES:
             for seed in seeds:
                 experiment = {"model": model_name, "hidden": hidden, "model_hyper": hyper,
@@ -185,18 +211,29 @@ def cmd_table1(args):
                 train_run(run_dir, experiment, dataclasses.replace(config, seed=seed))
                 scores = score_run(run_dir, "test")
                 results.append({"model": label, "hidden": hidden, "seed": seed,
-                                "minutes": (time.perf_counter() - run_start) / 60, **scores})
+                                "minutes": (time.perf_counter() - run_start) / 60, **scores,
+                                "config": dataclasses.asdict(
+                                    dataclasses.replace(config, seed=seed))})
                 print(json.dumps(results[-1]), flush=True)
     minutes = (time.perf_counter() - start) / 60
+    kept = _kept_results(stem, set(rows)) if args.models else []
+    results = kept + results
+    minutes += sum(r["minutes"] for r in kept)
     ours = {}
     for label in TABLE1_MODELS:
         for hidden in TABLE1_SIZES:
             errors = [r["error_pct"] for r in results
                       if r["model"] == label and r["hidden"] == hidden]
-            ours.setdefault(label, {})[hidden] = sum(errors) / len(errors)
+            if errors:
+                ours.setdefault(label, {})[hidden] = errors
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"table1_{args.task}"
-    stem.with_suffix(".md").write_text(table1_markdown(args.task, ours, config, seeds, minutes))
+    markdown = table1_markdown(args.task, ours, config, sorted({r["seed"] for r in results}),
+                               minutes)
+    if kept:
+        markdown += ("\nRows kept from the previous table (not rerun): "
+                     + ", ".join(sorted({r["model"] for r in kept})) + "; each run's settings "
+                     "are in the JSON.\n")
+    stem.with_suffix(".md").write_text(markdown)
     stem.with_suffix(".json").write_text(json.dumps(
         {"task": TASK_CONFIGS[args.task], "config": dataclasses.asdict(config), "runs": results,
          "paper": PAPER_TABLE1 if args.task == "assoc_retrieval" else None}, indent=1))
@@ -268,6 +305,8 @@ def main(argv=None):
     p = sub.add_parser("table1", help="reproduce Table 1 of Ba et al. 2016")
     p.add_argument("--task", default="assoc_retrieval", choices=("assoc_retrieval", "mqar"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--models", nargs="+", choices=list(TABLE1_MODELS),
+                   help="rerun only these rows; the others are kept from the previous JSON")
     _add_training_flags(p, steps=3_000, batch_size=128, lr=1e-3)
     p.set_defaults(func=cmd_table1, seed=0)
 

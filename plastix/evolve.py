@@ -246,15 +246,21 @@ class Evolution:
         return plastic.evaluate(self.net, params, life_key, *data)
 
 
-def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None) -> Evolution:
-    """Check that net and task fit, and bundle them with the ES config."""
+def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
+                   init_mean=None) -> Evolution:
+    """Check that net and task fit, and bundle them with the ES config.
+
+    ``init_mean`` (an ``init_params``-shaped pytree) is where the search starts;
+    by default the rules' default coefficients.
+    """
     if task.vocab_size != net.vocab_size:
         raise ValueError(
             f"task {task.name!r} has vocabulary {task.vocab_size} but the network "
             f"expects {net.vocab_size}"
         )
     mesh = population_mesh(cfg.population, devices)
-    return Evolution(net, task, cfg, mesh, plastic.init_params(net, key))
+    solution = plastic.init_params(net, key) if init_mean is None else init_mean
+    return Evolution(net, task, cfg, mesh, solution)
 
 
 # --- checkpoints: the whole ES state, written atomically --------------------------

@@ -60,6 +60,9 @@ def test_fast_weight_cell_matches_paper_equations_in_numpy():
     w, c, b = (p["SlowTransition_0"]["recurrent"]["kernel"].T,
                p["SlowTransition_0"]["input"]["kernel"].T, p["SlowTransition_0"]["input"]["bias"])
     ln = p["LayerNorm_0"]
+    # The initialisation, not the equations, is what made the model trainable (models.py):
+    np.testing.assert_allclose(w, 0.05 * np.eye(HIDDEN))
+    np.testing.assert_allclose(ln["scale"], np.sqrt(2.0 / (eta * HIDDEN)), rtol=1e-6)
     h, a = np.zeros(HIDDEN), np.zeros((HIDDEN, HIDDEN))
     for t, x in enumerate(xs):
         z = w @ h + c @ x + b
@@ -138,3 +141,18 @@ def test_each_model_overfits_a_tiny_batch(name):
     _, metrics = run(state)
     first, last = float(metrics["loss"][0]), float(metrics["loss"][-1])
     assert last < first / 10, (name, first, last)
+
+
+def test_fast_weight_init_puts_memory_read_on_the_input_scale():
+    """At initialisation |A(t) h| must not drown |W h(t) + C x(t)| (Ba et al. 2016 with
+    g = 1 gave |A h| ~ 3H |h| and all states of a sequence pointing one way)."""
+    model = models.make_model("rnn-ln-fw", VOCAB, 11, 50, form="attention")
+    tokens = _tokens(jax.random.key(11), batch=64)
+    params = model.init(jax.random.key(0), tokens)
+    h = model.apply(params, tokens, method=models.TokenModel.hidden_states)
+    cell = params["params"]["cell"]
+    gain = float(cell["LayerNorm_0"]["scale"][0])
+    assert abs(gain - (2.0 / (0.5 * 50)) ** 0.5) < 1e-6
+    # eta <h, h> ~ eta g^2 H / 2 ~ 1: one stored state is read back at about its own size.
+    sq_norm = jnp.sum(h[:, -1] ** 2, axis=-1)
+    assert 0.3 < float(jnp.mean(0.5 * sq_norm)) < 3.0

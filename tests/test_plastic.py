@@ -126,3 +126,15 @@ def test_readout_bias_is_a_plastic_always_on_unit():
     # Hebb on the bias column adds eta * 1 for every teaching step of each token.
     counts = np.bincount(np.asarray(teacher)[np.asarray(teach_on) > 0], minlength=TASK.vocab_size)
     np.testing.assert_allclose(w_end["out"][:, -1] - w_start["out"][:, -1], counts, rtol=1e-5)
+
+
+def test_log_rates_evolve_log_eta_and_give_the_same_lifetime():
+    linear = dataclasses.replace(NET, layer_rules=(("out", "delta"),))
+    logged = dataclasses.replace(linear, log_rates=True)
+    params = plastic.init_params(logged, jax.random.key(0))
+    np.testing.assert_allclose(params["coeffs"]["out"]["eta"], np.log(0.01), rtol=1e-6)
+    params["coeffs"]["out"]["eta"] = jnp.log(jnp.asarray(3.0))
+    data = _one_sequence()
+    a, _ = plastic.lifetime_logits(logged, params, jax.random.key(1), *data)
+    b, _ = plastic.lifetime_logits(linear, _params(linear, eta=3.0), jax.random.key(1), *data)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
