@@ -206,13 +206,8 @@ def random_coefficients(params: dict, key: jax.Array) -> dict:
     return {**params, "coeffs": jax.tree.unflatten(treedef, leaves)}
 
 
-_evaluate = jax.jit(plastic.evaluate, static_argnums=0)
-
-
-def score(net, task, params, key, split, batch):
-    data_key, life_key = jax.random.split(key)
-    data = task.sample(data_key, batch, split)
-    nll, acc = _evaluate(net, params, life_key, *data)
+def score(net, task, params, key, split, batch) -> tuple[float, float]:
+    nll, acc = evolve.score(net, task, params, key, split, batch)
     return float(nll), float(acc)
 
 

@@ -238,12 +238,21 @@ class Evolution:
         step = lambda s, g: self.generation(s, jax.random.fold_in(run_key, g))
         return jax.lax.scan(step, state, generations)
 
-    @functools.partial(jax.jit, static_argnames=("self", "split", "batch"))
     def score(self, params, key: jax.Array, split: str = "valid", batch: int = 512):
         """Held-out NLL and accuracy of one parameter pytree (e.g. the ES mean)."""
-        data_key, life_key = jax.random.split(key)
-        data = self.task.sample(data_key, batch, split)
-        return plastic.evaluate(self.net, params, life_key, *data)
+        return score(self.net, self.task, params, key, split, batch)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "task", "split", "batch"))
+def score(net, task, params, key: jax.Array, split: str = "valid", batch: int = 512):
+    """NLL and accuracy of ``params`` on ``batch`` fresh sequences of ``task``'s ``split``.
+
+    The key draws both the sequences and the lifetimes' initial weights, so two
+    networks scored with one key see the same data (a fair comparison).
+    """
+    data_key, life_key = jax.random.split(key)
+    data = task.sample(data_key, batch, split)
+    return plastic.evaluate(net, params, life_key, *data)
 
 
 def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
