@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero"),
                    help="ES start: the rules' default coefficients, or all zero with eta = 1")
     p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--init-scale", type=float, default=0.1,
+                   help="initial weights U(-a, a) each lifetime (Najarro & Risi: 0.1)")
     p.add_argument("--strategy", default="Open_ES")
     p.add_argument("--pop", type=int, default=64)
     p.add_argument("--batch", type=int, default=32, help="lifetimes per member per generation")
@@ -100,6 +102,7 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
     return plastic.PlasticRNN(
         vocab_size=vocab_size,
         hidden_size=args.hidden,
+        init_scale=args.init_scale,
         layer_rules=layer_rules,
         granularity=args.granularity,
         evolve_init=args.evolve_init,

@@ -99,6 +99,11 @@ class PlasticRNN:
                 f"PlasticRNN needs vocab_size >= 2 and hidden_size >= 1, got "
                 f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}"
             )
+        if not self.init_scale >= 0 or self.weight_noise < 0:
+            raise ValueError(
+                f"PlasticRNN needs init_scale >= 0 and weight_noise >= 0, got "
+                f"init_scale={self.init_scale}, weight_noise={self.weight_noise}"
+            )
         for layer, rule_name in self.layer_rules:
             if layer not in LAYERS:
                 raise ValueError(f"unknown layer {layer!r}; layers are {LAYERS}")
