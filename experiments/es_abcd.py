@@ -1,14 +1,16 @@
 """Evolve plasticity rules for in-lifetime sequence prediction (Najarro & Risi 2020 style).
 
 Every lifetime starts from random weights; the network learns only through its
-plasticity rule while it reads a sequence. OpenAI-ES (evosax) evolves the rule
+plasticity rule while it reads a sequence. ES (evosax; OpenAI-ES by default) evolves the rule
 coefficients so that this in-lifetime learning predicts the scored tokens.
 
     python experiments/es_abcd.py                          # associative retrieval, ABCD_lr readout
-    python experiments/es_abcd.py --task recall_overwrite --rule-out polynomial_mod --hidden 32
+    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
+        --strategy CMA_ES --log-rates --init-mean zero --sigma 0.3 --batch 128
     python experiments/es_abcd.py --task text --text-path ../shared/data/tinyshakespeare/input.txt \
         --rule-out polynomial_mod --rule-rec ABCD_lr
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
+    python experiments/es_abcd.py --out runs/x --resume --generations 800  # or extend it
 
 Writes to --out: config.json, metrics.jsonl, checkpoint.msgpack, report.json,
 report.md and plots (fitness.png, coefficients.png, weights.png).
@@ -35,6 +37,8 @@ HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # that retention (eta*decay >= 1 would flip or erase the memory every step).
 HAND_RULE_RETENTIONS = (0.99, 0.95, 0.9, 0.8, 0.6)
 RANDOM_COEFF_DRAWS = 8
+# --init-mean delta: the delta rule's best rate on recall_overwrite at U(-0.1, 0.1) weights.
+DELTA_START_RATE = 100.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,8 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--evolve-init", action="store_true", help="coevolve the initial weights")
     p.add_argument("--readout-bias", action="store_true", help="always-on unit into the readout")
     p.add_argument("--log-rates", action="store_true", help="evolve log(eta) instead of eta")
-    p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero"),
-                   help="ES start: the rules' default coefficients, or all zero with eta = 1")
+    p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero", "delta"),
+                   help="ES start: the rules' default coefficients, all zero with eta = 1, or "
+                        "the readout at the delta rule (eta = 100)")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--init-scale", type=float, default=0.1,
                    help="initial weights U(-a, a) each lifetime (Najarro & Risi: 0.1)")
@@ -132,7 +137,9 @@ def build_es_config(args) -> evolve.ESConfig:
 
 def initial_mean(net: plastic.PlasticRNN, args) -> dict:
     """Where ES starts. "zero": no plasticity term at all but a unit learning rate, so the
-    first generations measure which terms help instead of climbing out of a default rule."""
+    first generations measure which terms help instead of climbing out of a default rule.
+    "delta": as "zero", but the readout polynomial starts AT the delta rule
+    eta (m - y) x with eta = DELTA_START_RATE -- a diagnostic: does ES stay there?"""
     params = plastic.init_params(net, jax.random.key(args.seed))
     if args.init_mean == "defaults":
         return params
@@ -142,14 +149,25 @@ def initial_mean(net: plastic.PlasticRNN, args) -> dict:
                 for name, v in coeffs.items()}
         for layer, coeffs in params["coeffs"].items()
     }
+    if args.init_mean == "delta":
+        out = params["coeffs"].get("out", {})
+        if "theta" not in out or out["theta"].ndim < 4:
+            raise ValueError("--init-mean delta needs a readout rule with a teacher term "
+                             "(polynomial_mod or multilinear_mod)")
+        # theta[px, py, pw, pm] multiplies x^px y^py w^pw m^pm: delta = x*m - x*y.
+        out["theta"] = out["theta"].at[1, 0, 0, 1].set(1.0).at[1, 1, 0, 0].set(-1.0)
+        rate = math.log(DELTA_START_RATE) if net.log_rates else DELTA_START_RATE
+        out["eta"] = jnp.full_like(out["eta"], rate)
     return params
 
 
 def run_config(args) -> dict:
     """What defines a run: resuming with anything different is refused."""
-    # Chunking changes memory, not results, so a resumed run may choose it afresh.
-    keys = [k for k in vars(args)
-            if k not in ("resume", "no_plots", "out", "chunk_size", "memory_budget_mb")]
+    # Chunking changes memory, not results, so a resumed run may choose it afresh. The
+    # schedules and keys depend only on the generation index, so a finished run resumed
+    # with more --generations equals one run for that many from the start.
+    keys = [k for k in vars(args) if k not in (
+        "resume", "no_plots", "out", "chunk_size", "memory_budget_mb", "generations")]
     return {k: getattr(args, k) for k in sorted(keys)}
 
 
@@ -158,7 +176,8 @@ def check_resume_config(out_dir: str, config: dict, resume: bool) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = json.load(f)
+        # Keys that no longer define a run (e.g. generations, in older runs) are ignored.
+        saved = {k: v for k, v in json.load(f).items() if k in config}
     if resume and saved != config:
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise ValueError(
@@ -299,12 +318,20 @@ def delta_sign_pattern(evolved_params: dict) -> str | None:
     delta = {name: 0.0 for name in evolved} | {"x*m": 1.0, "x*y": -1.0}
     scale = max(abs(v) for v in evolved.values()) or 1.0
     eta = float(np.mean(out["eta"]))
-    lines = [f"Readout rule: evolved polynomial vs the delta rule (eta_evolved = {eta:.3f}; "
-             "coefficients scaled to max |c| = 1)", "",
+    # With --log-rates, eta and theta share one free scale (only their product acts), so
+    # eta alone can drift to 1e-4 with theta at 1e4; the product is what to report.
+    lines = [f"Readout rule: evolved polynomial vs the delta rule (effective rate "
+             f"eta * max|c| = {eta * scale:.4g}; coefficients scaled to max |c| = 1)", "",
              "| term | evolved | delta rule |", "|---|---|---|"]
     for name in sorted(evolved, key=lambda n: -abs(evolved[n]))[:8]:
         lines.append(f"| {name} | {evolved[name] / scale:+.3f} | {delta[name]:+.0f} |")
     return "\n".join(lines)
+
+
+def significant_figures(x, digits: int = 4) -> list | float:
+    """``x`` as (nested) Python floats rounded to ``digits`` significant figures, so that
+    coefficients of 1e-4 and 1e4 both print legibly."""
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"))(np.asarray(x)).tolist()
 
 
 def format_report(rows: list[dict], task) -> str:
@@ -397,7 +424,7 @@ def main(argv=None) -> list[dict]:
         report += "\n\n" + pattern
     print("\n" + report)
     print(f"\nevolved coefficients (ES mean): "
-          f"{jax.tree.map(lambda x: np.round(np.asarray(x), 3).tolist(), effective)}")
+          f"{jax.tree.map(significant_figures, effective)}")
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(report + "\n")
     with open(os.path.join(args.out, "report.json"), "w") as f:

@@ -148,22 +148,24 @@ def cmd_plot(args):
     print(f"wrote {args.out}")
 
 
-def table1_markdown(task_name: str, ours: dict, config: train.TrainConfig, seeds,
-                    minutes: float) -> str:
+def table1_markdown(task_name: str, results: list[dict], minutes: float) -> str:
     """Markdown: our test error per (model, R) next to the paper's Table 1.
 
-    ``ours[label][R]`` is the list of test errors (%) over seeds: one figure, or the mean
-    with the range over seeds and their number.
+    ``results`` are the run records (model, hidden, seed, error_pct, config). A cell is one
+    figure, or the mean with the range over seeds and their number; each row names the
+    Adam updates its runs had, since rows may be rerun with another budget (``--models``).
     """
     paper = task_name == "assoc_retrieval"
-    header = "| Model | " + " | ".join(
+    header = "| Model | updates | " + " | ".join(
         f"R={r} ours" + (f" | R={r} paper" if paper else "") for r in TABLE1_SIZES) + " |"
-    rows = [header, "|" + "---|" * (1 + len(TABLE1_SIZES) * (2 if paper else 1))]
+    rows = [header, "|" + "---|" * (2 + len(TABLE1_SIZES) * (2 if paper else 1))]
     for label in (PAPER_TABLE1 if paper else TABLE1_MODELS):
-        cells = []
-        for r in TABLE1_SIZES:
-            errors = ours.get(label, {}).get(r)
-            if errors is None:
+        runs = [r for r in results if r["model"] == label]
+        steps = sorted({r["config"]["steps"] for r in runs})
+        cells = [" / ".join(f"{s:,}" for s in steps) or "—"]
+        for size in TABLE1_SIZES:
+            errors = [r["error_pct"] for r in runs if r["hidden"] == size]
+            if not errors:
                 cells.append("—")
             elif len(errors) == 1:
                 cells.append(f"{errors[0]:.2f}%")
@@ -171,12 +173,15 @@ def table1_markdown(task_name: str, ours: dict, config: train.TrainConfig, seeds
                 cells.append(f"{sum(errors) / len(errors):.2f}% ({min(errors):.2f}–"
                              f"{max(errors):.2f}, n={len(errors)})")
             if paper:
-                cells.append(f"{PAPER_TABLE1[label][r]:.2f}%")
+                cells.append(f"{PAPER_TABLE1[label][size]:.2f}%")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    settings = (f"Test error (%) on `{task_name}` {json.dumps(TASK_CONFIGS[task_name])}; "
-                f"{config.steps} Adam updates of batch {config.batch_size}, lr "
-                f"{config.learning_rate}, clip {config.clip_norm}; seeds {list(seeds)} "
-                f"(mean, range); {minutes:.1f} min wall-clock for the table on a shared 2-core CPU.")
+    shared = {k: sorted({str(r["config"][k]) for r in results})
+              for k in ("batch_size", "learning_rate", "clip_norm")}
+    settings = (f"Test error (%) on `{task_name}` {json.dumps(TASK_CONFIGS[task_name])}; Adam, "
+                f"batch {'/'.join(shared['batch_size'])}, lr {'/'.join(shared['learning_rate'])}, "
+                f"clip {'/'.join(shared['clip_norm'])}; seeds "
+                f"{sorted({r['seed'] for r in results})} (mean, range); {minutes:.1f} min "
+                f"wall-clock for the table's runs on a shared 2-core CPU.")
     return settings + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -219,16 +224,8 @@ def cmd_table1(args):
     kept = _kept_results(stem, set(rows)) if args.models else []
     results = kept + results
     minutes += sum(r["minutes"] for r in kept)
-    ours = {}
-    for label in TABLE1_MODELS:
-        for hidden in TABLE1_SIZES:
-            errors = [r["error_pct"] for r in results
-                      if r["model"] == label and r["hidden"] == hidden]
-            if errors:
-                ours.setdefault(label, {})[hidden] = errors
     RESULTS.mkdir(exist_ok=True)
-    markdown = table1_markdown(args.task, ours, config, sorted({r["seed"] for r in results}),
-                               minutes)
+    markdown = table1_markdown(args.task, results, minutes)
     if kept:
         markdown += ("\nRows kept from the previous table (not rerun): "
                      + ", ".join(sorted({r["model"] for r in kept})) + "; each run's settings "

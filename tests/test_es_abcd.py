@@ -31,6 +31,12 @@ def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
     with pytest.raises(ValueError, match="different configuration .*hidden"):
         es_abcd.main(TINY[:3] + ["16"] + TINY[4:] + ["--out", out, "--resume"])
 
+    # A finished run resumed with more generations continues where it stopped.
+    extended = TINY[: TINY.index("--generations") + 1] + ["3"] + TINY[TINY.index("--generations") + 2:]
+    es_abcd.main(extended + ["--out", out, "--resume", "--no-plots"])
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        assert [json.loads(line)["generation"] for line in f] == [1, 2, 3]
+
 
 @pytest.mark.parametrize(
     "flags, message",
@@ -48,3 +54,27 @@ def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+
+
+def test_delta_start_is_the_delta_rule():
+    """--init-mean delta puts the readout polynomial exactly at eta (m - y) x."""
+    import jax
+
+    from plastix import evolve
+
+    # With --log-rates (the recipe's setting) the start must also undo the log.
+    args = es_abcd.parse_args(["--task", "recall_overwrite", "--rule-out", "multilinear_mod",
+                               "--hidden", "8", "--init-mean", "delta", "--log-rates"])
+    task = es_abcd.build_task(args)
+    net = es_abcd.build_net(args, task.vocab_size)
+    delta_net = es_abcd.with_readout_rule(net, "delta")
+    delta_params = es_abcd._coeffs(delta_net, eta=es_abcd.DELTA_START_RATE)
+    key = jax.random.key(3)
+    started = evolve.score(net, task, es_abcd.initial_mean(net, args), key, "valid", 32)
+    delta = evolve.score(delta_net, task, delta_params, key, "valid", 32)
+    assert abs(float(started[0]) - float(delta[0])) < 1e-4
+    assert float(started[1]) == float(delta[1])
+
+    args = es_abcd.parse_args(["--init-mean", "delta"])  # ABCD_lr has no teacher term
+    with pytest.raises(ValueError, match="needs a readout rule with a teacher term"):
+        es_abcd.initial_mean(es_abcd.build_net(args, 37), args)
