@@ -180,8 +180,8 @@ def table1_markdown(task_name: str, results: list[dict], minutes: float) -> str:
     settings = (f"Test error (%) on `{task_name}` {json.dumps(TASK_CONFIGS[task_name])}; Adam, "
                 f"batch {'/'.join(shared['batch_size'])}, lr {'/'.join(shared['learning_rate'])}, "
                 f"clip {'/'.join(shared['clip_norm'])}; seeds "
-                f"{sorted({r['seed'] for r in results})} (mean, range); {minutes:.1f} min "
-                f"wall-clock for the table's runs on a shared 2-core CPU.")
+                f"{sorted({r['seed'] for r in results})} (mean, range); {minutes:.1f} min of "
+                f"training on a shared 2-core CPU (a resumed run counts only its continuation).")
     return settings + "\n\n" + "\n".join(rows) + "\n"
 
 
