@@ -143,21 +143,21 @@ def initial_mean(net: plastic.PlasticRNN, args) -> dict:
     params = plastic.init_params(net, jax.random.key(args.seed))
     if args.init_mean == "defaults":
         return params
-    unit_rate = 0.0 if net.log_rates else 1.0
-    params["coeffs"] = {
-        layer: {name: jnp.full_like(v, unit_rate if name == "eta" else 0.0)
-                for name, v in coeffs.items()}
-        for layer, coeffs in params["coeffs"].items()
+    # Built as the rules see them (eta itself), then mapped to what ES evolves.
+    coeffs = {
+        layer: {name: jnp.full_like(v, 1.0 if name == "eta" else 0.0)
+                for name, v in layer_coeffs.items()}
+        for layer, layer_coeffs in plastic.rule_coeffs(net, params).items()
     }
     if args.init_mean == "delta":
-        out = params["coeffs"].get("out", {})
+        out = coeffs.get("out", {})
         if "theta" not in out or out["theta"].ndim < 4:
             raise ValueError("--init-mean delta needs a readout rule with a teacher term "
                              "(polynomial_mod or multilinear_mod)")
         # theta[px, py, pw, pm] multiplies x^px y^py w^pw m^pm: delta = x*m - x*y.
         out["theta"] = out["theta"].at[1, 0, 0, 1].set(1.0).at[1, 1, 0, 0].set(-1.0)
-        rate = math.log(DELTA_START_RATE) if net.log_rates else DELTA_START_RATE
-        out["eta"] = jnp.full_like(out["eta"], rate)
+        out["eta"] = jnp.full_like(out["eta"], DELTA_START_RATE)
+    params["coeffs"] = plastic.evolved_coeffs(net, coeffs)
     return params
 
 

@@ -167,9 +167,7 @@ def init_params(net: PlasticRNN, key: jax.Array) -> dict:
         layer: rules_lib.init_coeffs(net.rule(layer), shapes[layer], net.granularity)
         for layer in net.plastic_layers
     }
-    if net.log_rates:
-        coeffs = {layer: _map_rate(c, jnp.log) for layer, c in coeffs.items()}
-    params = {"coeffs": coeffs}
+    params = {"coeffs": evolved_coeffs(net, coeffs)}
     if net.evolve_init:
         params["w0"] = draw_weights(net, key)
     return params
@@ -177,6 +175,14 @@ def init_params(net: PlasticRNN, key: jax.Array) -> dict:
 
 def _map_rate(coeffs: dict, fn) -> dict:
     return {name: fn(value) if name == "eta" else value for name, value in coeffs.items()}
+
+
+def evolved_coeffs(net: PlasticRNN, coeffs: dict) -> dict:
+    """The inverse of `rule_coeffs`: rule coefficients ``{layer: {name: value}}`` as ES
+    evolves them (each ``eta`` as log(eta) when ``net.log_rates``)."""
+    if not net.log_rates:
+        return coeffs
+    return {layer: _map_rate(c, jnp.log) for layer, c in coeffs.items()}
 
 
 def rule_coeffs(net: PlasticRNN, params: dict) -> dict:

@@ -15,6 +15,12 @@ TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2", "--ge
         "--log-every", "1", "--eval-batch", "16"]
 
 
+def with_flag(flags: list[str], name: str, value: str) -> list[str]:
+    """``flags`` with the value after ``name`` replaced."""
+    i = flags.index(name)
+    return flags[: i + 1] + [value] + flags[i + 2:]
+
+
 def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
     out = str(tmp_path / "run")
     rows = es_abcd.main(TINY + ["--out", out])
@@ -29,11 +35,10 @@ def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
         assert [json.loads(line)["generation"] for line in f] == [1, 2]
 
     with pytest.raises(ValueError, match="different configuration .*hidden"):
-        es_abcd.main(TINY[:3] + ["16"] + TINY[4:] + ["--out", out, "--resume"])
+        es_abcd.main(with_flag(TINY, "--hidden", "16") + ["--out", out, "--resume"])
 
     # A finished run resumed with more generations continues where it stopped.
-    extended = TINY[: TINY.index("--generations") + 1] + ["3"] + TINY[TINY.index("--generations") + 2:]
-    es_abcd.main(extended + ["--out", out, "--resume", "--no-plots"])
+    es_abcd.main(with_flag(TINY, "--generations", "3") + ["--out", out, "--resume", "--no-plots"])
     with open(os.path.join(out, "metrics.jsonl")) as f:
         assert [json.loads(line)["generation"] for line in f] == [1, 2, 3]
 
