@@ -1,36 +1,37 @@
-"""Throughput of one ES generation's population evaluation on the reference workload.
+"""Throughput of one ES generation's population evaluation, through the path es_abcd.py runs.
 
-The workload (issue 4): a population of P members, each reading B sequences of length T
-over a one-hot vocabulary V with a hidden layer of N; every matrix (W_in N x V, W_rec
-N x N, W_out V x N) is plastic under per-synapse ABCD_lr; weights are per member and per
-sequence, coefficients per member. Per step t = 0..T-2: h_t = tanh(W_in x_t + W_rec
-h_{t-1}), logits = W_out h_t, y = softmax(logits), NLL of x_{t+1}, then W_in learns from
-(x_t, h_t), W_rec from (h_{t-1}, h_t), W_out from (h_t, y). The computation is
-`plastix.kernels.lifetime`, evaluated over the population with `plastix.batching`.
+The workload: a population of P members, each reading B sequences of T steps over a
+one-hot vocabulary V with a hidden layer of N; every matrix (W_in N x V, W_rec N x N,
+W_out V x N) is plastic under per-synapse ABCD_lr; weights are per member and per
+sequence, coefficients per member. Per step t: h_t = tanh(W_in x_t + W_rec h_{t-1}),
+logits = W_out h_t, y = softmax(logits), NLL of the next token, then W_in learns from
+(x_t, h_t), W_rec from (h_{t-1}, h_t), W_out from (h_t, y). The sequences are i.i.d.
+uniform tokens (`tasks.random_tokens`: the shapes of character text without a corpus).
+
+What is timed is `plastix.evolve.Evolution.population_scores` -- the function every ES
+generation of ``experiments/es_abcd.py`` calls, with the same device policy
+(`plastix.devices`) and default chunking -- on a population as ES asks for it.
 
     python benchmarks/bench_es.py [--pop 64 --batch 8 --seq-len 100 --hidden 128 --vocab 65]
 
 prints one JSON line: ``seconds`` (best of ``--repeats`` timed runs, compilation
-excluded), ``synapse_updates_per_s = P*B*(T-1)*(N*V + N*N + V*N) / seconds``, the device,
+excluded), ``synapse_updates_per_s = P*B*T*(N*V + N*N + V*N) / seconds``, the device,
 and a roofline: this machine's dense matmul FLOP/s measured in the same run and the
 fraction of it the workload reaches at 11 flops per synapse-step (2 for the
-matrix-vector product, 9 for the ABCD_lr update).
+matrix-vector product, 9 for the ABCD_lr update). With ``--generations G`` it also
+times whole ES generations (``Evolution.run``: ask, every lifetime, tell, in compiled
+blocks of G), the figure es_abcd.py prints (``generation_synapse_updates_per_s``).
 """
 
 from __future__ import annotations
 
-import os
+from plastix import devices
 
-# On CPU, expose every core as an XLA device so the population is sharded one member
-# stream per core, each core keeping its member's state in its own L2 cache (one device
-# with intra-op threads would split every small per-step op across cores instead).
-# Must be set before JAX initialises; it does nothing on GPU/TPU.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={os.cpu_count()}")
+devices.use_all_cpu_cores()  # the device policy of es_abcd.py: before JAX initialises
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -39,67 +40,57 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from plastix import batching, kernels, rules  # noqa: E402
+from plastix import batching, evolve, plastic, tasks  # noqa: E402
 
 FLOPS_PER_SYNAPSE_STEP = 11  # 2 for the matrix-vector product, 9 for the ABCD_lr update
 
 
-def layer_shapes(hidden: int, vocab: int) -> dict[str, tuple[int, int]]:
-    """``(n_post, n_pre)`` of every plastic matrix."""
-    return {"in": (hidden, vocab), "rec": (hidden, hidden), "out": (vocab, hidden)}
+def make_evolution(pop: int, batch: int, seq_len: int, hidden: int, vocab: int,
+                   chunk: int | None = None, memory_budget: int | None = None,
+                   seed: int = 0, noise_table: int = 0) -> evolve.Evolution:
+    """The workload as an ES run: the network, task and config es_abcd.py would build for
+    ``--task text --rule-in/rec/out ABCD_lr --granularity synapse --readout-post prediction``.
 
-
-def synapse_updates(pop: int, batch: int, seq_len: int, hidden: int, vocab: int) -> int:
-    """``P * B * (T-1) * (N*V + N*N + V*N)``: the workload's synapse updates."""
-    synapses = sum(a * b for a, b in layer_shapes(hidden, vocab).values())
-    return pop * batch * (seq_len - 1) * synapses
-
-
-def make_workload(key: jax.Array, pop: int, batch: int, seq_len: int, hidden: int,
-                  vocab: int, sigma: float = 0.01):
-    """A population as ES would ask for it, plus the shared data of one generation.
-
-    Coefficients: ABCD_lr defaults per synapse plus ``sigma`` Gaussian noise, one set per
-    member. Initial weights U(-0.1, 0.1), one draw per sequence; tokens uniform. Every
-    member sees the same weights and tokens (common random numbers).
-
-    Returns:
-      ``(coeffs, weights, tokens)`` as NumPy arrays: coeffs ``{layer: {name: (P, n_post,
-      n_pre)}}``, weights ``{layer: (B, n_post, n_pre)}``, tokens ``(B, T)`` int32.
+    ``chunk``: members evaluated at once (0: the whole population; None: the device
+    policy's default).
     """
-    rule = rules.ABCD_lr()
-    coeff_key, weight_key, token_key = jax.random.split(key, 3)
-    coeffs, weights = {}, {}
-    for i, (layer, shape) in enumerate(layer_shapes(hidden, vocab).items()):
-        template = rules.init_coeffs(rule, shape, "synapse")
-        keys = jax.random.split(jax.random.fold_in(coeff_key, i), len(template))
-        coeffs[layer] = {
-            name: np.asarray(mean + sigma * jax.random.normal(k, (pop,) + shape))
-            for k, (name, mean) in zip(keys, template.items())}
-        weights[layer] = np.asarray(jax.random.uniform(
-            jax.random.fold_in(weight_key, i), (batch,) + shape, minval=-0.1, maxval=0.1))
-    tokens = np.asarray(jax.random.randint(token_key, (batch, seq_len), 0, vocab, jnp.int32))
-    return coeffs, weights, tokens
+    net = plastic.PlasticRNN(
+        vocab_size=vocab, hidden_size=hidden, granularity="synapse", readout_post="prediction",
+        layer_rules=tuple((layer, "ABCD_lr") for layer in plastic.LAYERS))
+    cfg = evolve.ESConfig(population=pop, batch=batch, memory_budget=memory_budget,
+                          chunk_size=pop if chunk == 0 else chunk, noise_table=noise_table)
+    task = tasks.random_tokens(vocab, seq_len)
+    return evolve.make_evolution(net, task, cfg, jax.random.key(seed))
 
 
-def default_chunk(n_devices: int) -> int:
-    """Members evaluated at once: one per device on CPU (its state stays in cache), all
-    of them on GPU/TPU (every member in flight fills the device)."""
-    return n_devices if jax.default_backend() == "cpu" else 0
+def make_population(evolution: evolve.Evolution, key: jax.Array, sigma: float = 0.01):
+    """A population as ES asks for it: ``(P, D)`` flat parameter vectors, the ABCD_lr
+    defaults plus ``sigma`` Gaussian noise, placed as a generation holds it
+    (`plastix.devices.shard_population`)."""
+    mean = evolution.init(key).mean
+    noise = jax.random.normal(key, (evolution.cfg.population,) + mean.shape)
+    spec = PartitionSpec("pop") if devices.shard_population() else PartitionSpec()
+    return jax.device_put(mean + sigma * noise, NamedSharding(evolution.mesh, spec))
 
 
-def make_population_fitness(weights, tokens, chunk: int, memory_budget: int | None,
-                            n_devices: int):
-    """``coeffs (P, ...) -> mean NLL (P,)``, chunked by ``chunk`` or ``memory_budget``."""
+def synapse_updates(evolution: evolve.Evolution) -> int:
+    """``P * B * T * (N*V + N*N + V*N)``: the synapse updates of one evaluation."""
+    per_lifetime = plastic.synapse_updates_per_lifetime(evolution.net, evolution.task.seq_len)
+    return evolution.cfg.population * evolution.cfg.batch * per_lifetime
 
-    def member_fitness(coeffs):
-        nll, _ = kernels.lifetime(coeffs, weights, tokens)
-        return jnp.mean(nll)
 
-    if chunk == 0:
-        return jax.vmap(member_fitness)
-    return batching.population_map(member_fitness, chunk_size=chunk,
-                                   memory_budget=memory_budget, multiple_of=n_devices)
+def workload_inputs(evolution: evolve.Evolution, population, key: jax.Array) -> dict:
+    """What `Evolution.population_scores(population, key)` reads, as NumPy arrays (for the
+    PyTorch comparison): per-member coefficients ``{layer: {name: (P, n_post, n_pre)}}``
+    as the rules see them, initial weights ``{layer: (B, n_post, n_pre)}`` and the
+    ``(B, T + 1)`` token windows."""
+    data_key, life_key = jax.random.split(key)
+    inputs, targets, _ = evolution.task.sample(data_key, evolution.cfg.batch, "train")
+    draws = plastic.lifetime_draws(evolution.net, life_key, evolution.cfg.batch)
+    coeffs = jax.vmap(lambda flat: plastic.rule_coeffs(evolution.net, evolution.unravel(flat)))(
+        population)
+    tokens = jnp.concatenate([inputs, targets[:, -1:]], axis=1)
+    return jax.tree.map(np.asarray, {"coeffs": coeffs, "weights": draws.w0, "tokens": tokens})
 
 
 def best_time(fn, *args, repeats: int, budget_s: float = float("inf")
@@ -112,6 +103,17 @@ def best_time(fn, *args, repeats: int, budget_s: float = float("inf")
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return min(times), times
+
+
+def generation_seconds(evolution: evolve.Evolution, generations: int, repeats: int) -> float:
+    """Best time per generation of ``Evolution.run`` (ask, every lifetime, tell), the
+    compiled block es_abcd.py runs between two log lines, compilation excluded."""
+    state = evolution.init(jax.random.key(0))
+    placement = NamedSharding(evolution.mesh, PartitionSpec())
+    state = jax.device_put(state, placement)
+    run = lambda s: evolution.run(s, jax.random.key(1), 0, generations)[0]
+    seconds, _ = best_time(run, state, repeats=repeats + 1)  # the first run compiles
+    return seconds / generations
 
 
 def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -135,31 +137,30 @@ def device_name() -> str:
 def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: int = 5,
         chunk: int | None = None, memory_budget: int | None = None, seed: int = 0,
         roofline: bool = True, budget_s: float = float("inf"),
-        profile_dir: str | None = None) -> tuple[dict, np.ndarray]:
+        profile_dir: str | None = None, generations: int = 0,
+        noise_table: int = 0) -> tuple[dict, np.ndarray]:
     """Times the workload; returns the JSON record (see the module docstring) and the
     population's fitness (mean NLL per member). Timed runs stop early once they have
     taken ``budget_s`` seconds (the large points of `scaling.py`). With ``profile_dir``,
-    one more run is traced there with ``jax.profiler`` (per-op times, e.g. in Perfetto)."""
+    one more run is traced there with ``jax.profiler`` (per-op times, e.g. in Perfetto).
+    With ``generations``, whole ES generations are timed too, blocks of that many (with
+    OpenAI-ES on a shared table of ``noise_table`` floats if not 0)."""
     load_before = os.getloadavg()[0]
-    devices = jax.devices()
-    n_devices = len(devices) if pop % len(devices) == 0 else 1
-    mesh = Mesh(np.array(devices[:n_devices]), ("pop",))
-    coeffs, weights, tokens = make_workload(jax.random.key(seed), pop, batch, seq_len,
-                                            hidden, vocab)
-    coeffs = jax.device_put(coeffs, NamedSharding(mesh, PartitionSpec("pop")))
-    if chunk is None and memory_budget is None:
-        chunk = default_chunk(n_devices)
-    fitness = jax.jit(make_population_fitness(weights, tokens, chunk, memory_budget, n_devices))
+    evolution = make_evolution(pop, batch, seq_len, hidden, vocab, chunk, memory_budget, seed,
+                               noise_table)
+    population = make_population(evolution, jax.random.key(seed + 1))
+    key = jax.random.key(seed + 2)
+    fitness = jax.jit(lambda p, k: evolution.population_scores(p, k)[0])
 
     start = time.perf_counter()
-    compiled = fitness.lower(coeffs).compile()
-    nll = jax.block_until_ready(compiled(coeffs))
+    compiled = fitness.lower(population, key).compile()
+    nll = jax.block_until_ready(compiled(population, key))
     compile_seconds = time.perf_counter() - start
-    seconds, times = best_time(compiled, coeffs, repeats=repeats, budget_s=budget_s)
+    seconds, times = best_time(compiled, population, key, repeats=repeats, budget_s=budget_s)
     if profile_dir is not None:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            jax.block_until_ready(compiled(coeffs))
-    updates = synapse_updates(pop, batch, seq_len, hidden, vocab)
+            jax.block_until_ready(compiled(population, key))
+    updates = synapse_updates(evolution)
     record = {
         "benchmark": "bench_es",
         "pop": pop, "batch": batch, "seq_len": seq_len, "hidden": hidden, "vocab": vocab,
@@ -168,8 +169,9 @@ def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: in
         "synapse_updates_per_s": updates / seconds,
         "compile_and_first_run_seconds": compile_seconds,
         "repeats": len(times),
-        "chunk": pop if chunk == 0 else chunk,   # None: chosen from the memory budget
+        "chunk": chunk,   # None: the device policy's default, or chosen from the budget
         "memory_budget": memory_budget,
+        "devices_used": int(evolution.mesh.devices.size),
         "xla_memory_bytes": batching.compiled_bytes(compiled),
         "mean_nll": float(jnp.mean(nll)),
         "device": device_name(),
@@ -178,6 +180,11 @@ def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: in
         # are only comparable at similar load.
         "load_average": [load_before, os.getloadavg()[0]],
     }
+    if generations:
+        per_generation = generation_seconds(evolution, generations, repeats=2)
+        record["noise_table"] = noise_table
+        record["generation_seconds"] = per_generation
+        record["generation_synapse_updates_per_s"] = updates / per_generation
     if roofline:
         peak = matmul_flops()
         record["matmul_flops_per_s"] = peak
@@ -191,19 +198,25 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--seq-len", type=int, default=100, help="steps per lifetime")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is kept")
     parser.add_argument("--chunk", type=int, default=None,
                         help="members evaluated at once (0: the whole population); default "
-                             "one per device on CPU, all on GPU/TPU")
+                             "the device policy's: one per device on CPU, all on GPU/TPU")
     parser.add_argument("--memory-budget", type=float, default=None,
                         help="bytes the evaluation may use; picks the chunk size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-roofline", dest="roofline", action="store_false")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="also trace one run with jax.profiler into DIR")
+    parser.add_argument("--generations", type=int, default=0,
+                        help="also time whole ES generations (ask, lifetimes, tell), in "
+                             "compiled blocks of this many, as es_abcd.py runs them")
+    parser.add_argument("--noise-table", type=int, default=0,
+                        help="with --generations: OpenAI-ES on a shared noise table of this "
+                             "many floats")
     return parser
 
 
@@ -212,7 +225,8 @@ def main(argv=None) -> dict:
     budget = None if args.memory_budget is None else int(args.memory_budget)
     record, _ = run(args.pop, args.batch, args.seq_len, args.hidden, args.vocab,
                     repeats=args.repeats, chunk=args.chunk, memory_budget=budget,
-                    seed=args.seed, roofline=args.roofline, profile_dir=args.profile)
+                    seed=args.seed, roofline=args.roofline, profile_dir=args.profile,
+                    generations=args.generations, noise_table=args.noise_table)
     print(json.dumps(record))
     return record
 

@@ -26,31 +26,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from plastix import batching, kernels  # noqa: E402
+from plastix import batching  # noqa: E402
 
 DEFAULTS = {"pop": 64, "batch": 8, "seq_len": 100, "hidden": 128, "vocab": 65}
 SWEEPS = {
-    "pop": [1, 4, 16, 64, 256, 1024, 4096],
+    "pop": [2, 4, 16, 64, 256, 1024, 4096],  # ES needs a pair at least
     "hidden": [32, 64, 128, 256, 512],
     "seq_len": [25, 50, 100, 200, 400],
 }
-QUICK_SWEEPS = {"pop": [1, 8, 64], "hidden": [32, 128], "seq_len": [25, 100]}
+QUICK_SWEEPS = {"pop": [2, 8, 64], "hidden": [32, 128], "seq_len": [25, 100]}
 
 
 def unchunked_bytes(sizes: dict) -> int:
-    """`batching.compiled_bytes` of plain ``vmap`` over the whole population (not run)."""
-    shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-    layers = bench_es.layer_shapes(sizes["hidden"], sizes["vocab"])
-    coeffs = {k: {n: shape(sizes["pop"], *s) for n in ("A", "B", "C", "D", "eta")}
-              for k, s in layers.items()}
-    weights = {k: shape(sizes["batch"], *s) for k, s in layers.items()}
-    tokens = jax.ShapeDtypeStruct((sizes["batch"], sizes["seq_len"]), jnp.int32)
-
-    def population(coeffs, weights, tokens):
-        member = lambda c: jnp.mean(kernels.lifetime(c, weights, tokens)[0])
-        return jax.vmap(member)(coeffs)
-
-    return batching.compiled_bytes(jax.jit(population).lower(coeffs, weights, tokens).compile())
+    """`batching.compiled_bytes` of the population evaluated in one chunk (plain ``vmap``
+    over the whole population), compiled but not run."""
+    evolution = bench_es.make_evolution(**sizes, chunk=0)
+    size = sum(x.size for x in jax.tree.leaves(evolution.solution))
+    population = jax.ShapeDtypeStruct((sizes["pop"], size), jnp.float32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    fitness = jax.jit(lambda p, k: evolution.population_scores(p, k)[0])
+    return batching.compiled_bytes(fitness.lower(population, key).compile())
 
 
 def sweep(name: str, values: list[int], repeats: int) -> list[dict]:

@@ -12,25 +12,38 @@ coefficients so that this in-lifetime learning predicts the scored tokens.
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
     python experiments/es_abcd.py --out runs/x --resume --generations 800  # or extend it
 
-Writes to --out: config.json, metrics.jsonl, checkpoint.msgpack, report.json,
-report.md and plots (fitness.png, coefficients.png, weights.png).
+Writes to --out (a plastix.runs run directory): config.json (the RunConfig: task, net,
+es, seed, ...), metrics.jsonl, checkpoint.msgpack, report.json, report.md and plots
+(fitness.png, coefficients.png, weights.png). --resume refuses a directory whose
+config.json differs in anything but --generations, --chunk-size, --memory-budget-mb,
+--out and --no-plots. Every field of plastix.evolve.ESConfig has a flag (see the ES group
+below; a bool field F is --F / --no-F).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
+import typing
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from plastix import devices
 
-from plastix import evolve, plastic, rules, tasks
+# The device policy, before anything starts JAX (importing evosax's algorithms does).
+devices.use_all_cpu_cores()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from plastix import evolve, plastic, runs, tasks  # noqa: E402
 
 HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # Hebb with decay keeps a fraction 1 - eta*decay of each weight per step: the grid is over
@@ -39,6 +52,155 @@ HAND_RULE_RETENTIONS = (0.99, 0.95, 0.9, 0.8, 0.6)
 RANDOM_COEFF_DRAWS = 8
 # --init-mean delta: the delta rule's best rate on recall_overwrite at U(-0.1, 0.1) weights.
 DELTA_START_RATE = 100.0
+
+
+# ESConfig fields whose flags are older than the generated ones keep their spelling; the
+# field's own name works too where the units agree. Every other field F is --F (dashes
+# for underscores), a bool field --F / --no-F.
+ES_FLAG_NAMES = {
+    "population": ("--pop", "--population"),
+    "l2_penalty": ("--l2", "--l2-penalty"),
+    "memory_budget": ("--memory-budget-mb",),
+}
+MIB = 2**20
+
+# config.json keys a resumed run may set afresh: its length (the schedules and keys depend
+# only on the generation index, so a finished run resumed with more generations equals one
+# run for that many from the start), how the population is chunked (memory, not results),
+# where the directory lives and whether plots are drawn.
+MAY_CHANGE_ON_RESUME = ("generations", "es.chunk_size", "es.memory_budget", "out", "plots")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """A ``plastix.tasks`` task: its name and the ``tasks.get`` keyword arguments given on
+    the command line (None: the task's own default)."""
+
+    name: str = "assoc_retrieval"
+    num_pairs: int | None = None
+    num_keys: int | None = None
+    path: str | None = None
+    seq_len: int | None = None
+
+    def kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "name" and getattr(self, f.name) is not None}
+
+    def build(self):
+        return _build_task(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_task(cfg: TaskConfig):
+    # Cached: a config is built into its task more than once (vocabulary, then the run),
+    # and fixed data sets take seconds to draw.
+    return tasks.get(cfg.name, **cfg.kwargs())
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything the command line says about a run; ``config.json`` is its
+    ``runs.config_dict``.
+
+    Attributes:
+      task: the task.
+      net: the plastic network (its vocabulary is the task's).
+      es: the ES settings.
+      init_mean: where ES starts: "defaults", "zero" or "delta" (``initial_mean``).
+      seed: seeds the ES run and the starting point.
+      generations: how many generations the run lasts (may grow on resume).
+      log_every: generations per logged, checkpointed block.
+      out: the run directory.
+      plots: draw fitness.png, coefficients.png and weights.png.
+    """
+
+    task: TaskConfig
+    net: plastic.PlasticRNN
+    es: evolve.ESConfig
+    init_mean: str = "defaults"
+    seed: int = 0
+    generations: int = 300
+    log_every: int = 10
+    out: str = "runs/es_abcd"
+    plots: bool = True
+
+
+def _mebibytes(text: str) -> int:
+    return int(float(text) * MIB)
+
+
+def _json_value(text: str):
+    # Fields of a type argparse cannot convert are given as JSON (lists become tuples,
+    # so the frozen config stays hashable).
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``name -> description`` from the "Attributes:" section of ``cls``'s docstring
+    (an entry may describe several names: ``lr, lr_decay, lr_min: ...``)."""
+    docs, names, inside = {}, [], False
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        entry = re.match(r"^  (\w+(?:, \w+)*): (.*)$", line)
+        if entry:
+            names = entry.group(1).split(", ")
+            for name in names:
+                docs[name] = entry.group(2)
+        elif line.startswith("    ") and names:
+            for name in names:
+                docs[name] += " " + line.strip()
+        elif line.strip():
+            break
+    return docs
+
+
+def _flag_kwargs(hint) -> dict:
+    """argparse keyword arguments for a dataclass field of type ``hint``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(args) == 1:
+        hint = args[0]  # Optional[X]: the flag takes an X, its absence means None
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in (int, float, str):
+        return {"type": hint}
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        return {"type": type(choices[0]), "choices": choices}
+    return {"type": _json_value}
+
+
+def es_flags(cls: type = evolve.ESConfig) -> list[tuple[str, tuple[str, ...], dict]]:
+    """``(field, flags, argparse kwargs)`` for every field of the ES config class, so that
+    a field added to it is reachable from the command line without touching this file."""
+    hints, docs = typing.get_type_hints(cls), _attribute_docs(cls)
+    out = []
+    for field in dataclasses.fields(cls):
+        flags = ES_FLAG_NAMES.get(field.name, (f"--{field.name.replace('_', '-')}",))
+        kwargs = _flag_kwargs(hints[field.name])
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory()
+        else:
+            kwargs["required"] = True
+        kwargs["help"] = docs.get(field.name, "").replace("%", "%%")
+        if field.name == "memory_budget":
+            kwargs.update(type=_mebibytes, help="memory budget in MiB: evaluate the "
+                          "population in the largest chunks that fit it")
+        kwargs["help"] += " (default: %(default)s)"
+        out.append((field.name, flags, {"dest": field.name, **kwargs}))
+    return out
+
+
+def add_es_flags(parser: argparse.ArgumentParser, cls: type = evolve.ESConfig) -> None:
+    group = parser.add_argument_group(f"ES ({cls.__module__}.{cls.__name__})")
+    for _, flags, kwargs in es_flags(cls):
+        group.add_argument(*flags, **kwargs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,37 +227,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--init-scale", type=float, default=0.1,
                    help="initial weights U(-a, a) each lifetime (Najarro & Risi: 0.1)")
-    p.add_argument("--strategy", default="Open_ES")
-    p.add_argument("--pop", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32, help="lifetimes per member per generation")
     p.add_argument("--generations", type=int, default=300)
-    p.add_argument("--optimizer", default="sgd", help="ES mean update: sgd or adam")
-    p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--sigma", type=float, default=0.1)
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on evolved parameters")
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-batch", type=int, default=512)
-    p.add_argument("--chunk-size", type=int, default=None, help="members evaluated at once")
-    p.add_argument("--memory-budget-mb", type=float, default=None,
-                   help="evaluate the population in chunks that fit this budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/es_abcd")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--no-plots", action="store_true")
+    add_es_flags(p)
     return p.parse_args(argv)
 
 
+def task_config(args) -> TaskConfig:
+    return TaskConfig(name=args.task, num_pairs=args.num_pairs, num_keys=args.num_keys,
+                      path=args.text_path, seq_len=args.seq_len)
+
+
 def build_task(args):
-    config = {}
-    if args.num_pairs is not None:
-        config["num_pairs"] = args.num_pairs
-    if args.num_keys is not None:
-        config["num_keys"] = args.num_keys
-    if args.text_path is not None:
-        config["path"] = args.text_path
-    if args.seq_len is not None:
-        config["seq_len"] = args.seq_len
-    return tasks.get(args.task, **config)
+    return task_config(args).build()
 
 
 def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
@@ -120,28 +268,52 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
     )
 
 
-def build_es_config(args) -> evolve.ESConfig:
-    return evolve.ESConfig(
-        strategy=args.strategy,
-        optimizer=args.optimizer,
-        population=args.pop,
-        batch=args.batch,
-        lr=args.lr,
-        sigma=args.sigma,
-        l2_penalty=args.l2,
-        eval_batch=args.eval_batch,
-        chunk_size=args.chunk_size,
-        memory_budget=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
-    )
+def build_es_config(args, cls: type = evolve.ESConfig) -> evolve.ESConfig:
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
-def initial_mean(net: plastic.PlasticRNN, args) -> dict:
-    """Where ES starts. "zero": no plasticity term at all but a unit learning rate, so the
+def run_config(args) -> RunConfig:
+    """The parsed command line as one frozen config (builds the task for its vocabulary)."""
+    task = task_config(args)
+    return RunConfig(task=task, net=build_net(args, task.build().vocab_size),
+                     es=build_es_config(args), init_mean=args.init_mean, seed=args.seed,
+                     generations=args.generations, log_every=args.log_every, out=args.out,
+                     plots=not args.no_plots)
+
+
+def parse_config(argv=None) -> tuple[RunConfig, bool]:
+    """``(run config, resume)`` of a command line."""
+    args = parse_args(argv)
+    return run_config(args), args.resume
+
+
+# Keys of the flat config.json of runs written before RunConfig that name an ESConfig
+# field differently.
+_FLAT_ES_KEYS = {"pop": "population", "l2": "l2_penalty"}
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A saved config in RunConfig's layout. Older runs saved their flags flat
+    (``{"hidden": 32, "pop": 64, ...}``); those become the config the same flags give
+    today (flags added since then take their defaults)."""
+    if "es" in saved:
+        return saved
+    args = parse_args([])
+    for key, value in saved.items():
+        key = _FLAT_ES_KEYS.get(key, key)
+        if hasattr(args, key):
+            setattr(args, key, value)
+    return runs.config_dict(run_config(args))
+
+
+def initial_mean(net: plastic.PlasticRNN, cfg) -> dict:
+    """Where ES starts (``cfg.init_mean``; ``cfg`` is a RunConfig or the parsed flags).
+    "zero": no plasticity term at all but a unit learning rate, so the
     first generations measure which terms help instead of climbing out of a default rule.
     "delta": as "zero", but the readout polynomial starts AT the delta rule
     eta (m - y) x with eta = DELTA_START_RATE -- a diagnostic: does ES stay there?"""
-    params = plastic.init_params(net, jax.random.key(args.seed))
-    if args.init_mean == "defaults":
+    params = plastic.init_params(net, jax.random.key(cfg.seed))
+    if cfg.init_mean == "defaults":
         return params
     # Built as the rules see them (eta itself), then mapped to what ES evolves.
     coeffs = {
@@ -149,7 +321,7 @@ def initial_mean(net: plastic.PlasticRNN, args) -> dict:
                 for name, v in layer_coeffs.items()}
         for layer, layer_coeffs in plastic.rule_coeffs(net, params).items()
     }
-    if args.init_mean == "delta":
+    if cfg.init_mean == "delta":
         out = coeffs.get("out", {})
         if "theta" not in out or out["theta"].ndim < 4:
             raise ValueError("--init-mean delta needs a readout rule with a teacher term "
@@ -159,31 +331,6 @@ def initial_mean(net: plastic.PlasticRNN, args) -> dict:
         out["eta"] = jnp.full_like(out["eta"], DELTA_START_RATE)
     params["coeffs"] = plastic.evolved_coeffs(net, coeffs)
     return params
-
-
-def run_config(args) -> dict:
-    """What defines a run: resuming with anything different is refused."""
-    # Chunking changes memory, not results, so a resumed run may choose it afresh. The
-    # schedules and keys depend only on the generation index, so a finished run resumed
-    # with more --generations equals one run for that many from the start.
-    keys = [k for k in vars(args) if k not in (
-        "resume", "no_plots", "out", "chunk_size", "memory_budget_mb", "generations")]
-    return {k: getattr(args, k) for k in sorted(keys)}
-
-
-def check_resume_config(out_dir: str, config: dict, resume: bool) -> None:
-    path = os.path.join(out_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        # Keys that no longer define a run (e.g. generations, in older runs) are ignored.
-        saved = {k: v for k, v in json.load(f).items() if k in config}
-    if resume and saved != config:
-        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        raise ValueError(
-            f"{out_dir} holds a run with a different configuration (differs in: "
-            f"{', '.join(changed)}); use another --out or the same flags"
-        )
 
 
 # --- baselines for the report ---------------------------------------------------------
@@ -334,6 +481,16 @@ def significant_figures(x, digits: int = 4) -> list | float:
     return np.vectorize(lambda v: float(f"{v:.{digits}g}"))(np.asarray(x)).tolist()
 
 
+def summarise(x, max_values: int = 16):
+    """``x`` to print: up to ``max_values`` numbers as they are (4 significant figures),
+    a larger array (per-post or per-synapse coefficients) as its shape and statistics."""
+    x = np.asarray(x)
+    if x.size <= max_values:
+        return significant_figures(x)
+    stats = {"mean": np.mean(x), "std": np.std(x), "min": np.min(x), "max": np.max(x)}
+    return {"shape": list(x.shape), **{k: significant_figures(v) for k, v in stats.items()}}
+
+
 def format_report(rows: list[dict], task) -> str:
     lines = [f"Held-out (test split) in-lifetime prediction on {task.name!r}", "",
              "| model | test NLL (nats) | bits/token | accuracy | note |",
@@ -388,53 +545,49 @@ def save_plots(out_dir: str, history: list[dict], evolution, evolved_params) -> 
 
 
 def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    task = build_task(args)
-    net = build_net(args, task.vocab_size)
-    cfg = build_es_config(args)
-    evolution = evolve.make_evolution(net, task, cfg, jax.random.key(args.seed),
-                                      init_mean=initial_mean(net, args))
-    config = run_config(args)
-    check_resume_config(args.out, config, args.resume)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
+    cfg, resume = parse_config(argv)
+    cfg_dict = runs.config_dict(cfg)
+    runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
+    task, net = cfg.task.build(), cfg.net
+    evolution = evolve.make_evolution(net, task, cfg.es, jax.random.key(cfg.seed),
+                                      init_mean=initial_mean(net, cfg))
+    runs.write_config(cfg.out, cfg_dict)
 
     n_params = sum(x.size for x in jax.tree.leaves(evolution.solution))
     print(f"plastix ES | task {task.name} (vocab {task.vocab_size}, T={task.seq_len}) | "
-          f"rules {dict(net.layer_rules)} {net.granularity} | {cfg.strategy} pop {cfg.population} "
-          f"x {cfg.batch} lifetimes | {n_params} evolved parameters | "
+          f"rules {net.rule_names()} {net.granularity} | {cfg.es.strategy} pop "
+          f"{cfg.es.population} x {cfg.es.batch} lifetimes | {n_params} evolved parameters | "
           f"{len(evolution.mesh.devices.ravel())} {jax.default_backend()} device(s)", flush=True)
 
     def on_log(r):
         print(f"gen {r['generation']:5d} | fitness best {r['best_fitness']:.4f} "
               f"mean {r['mean_fitness']:.4f} | acc mean {r['mean_accuracy']:.3f} | held-out NLL "
               f"{r['valid_nll']:.4f} acc {r['valid_accuracy']:.3f} | nonfinite {r['nonfinite']} | "
-              f"{r['lifetimes_per_s']:.0f} lifetimes/s", flush=True)
+              f"{r['lifetimes_per_s']:.0f} lifetimes/s = "
+              f"{r['synapse_updates_per_s']:.3g} synapse updates/s", flush=True)
 
     t0 = time.perf_counter()
-    state, history = evolve.evolve(evolution, args.seed, args.generations, out_dir=args.out,
-                                   log_every=args.log_every, resume=args.resume, on_log=on_log)
+    state, history = evolve.evolve(evolution, cfg.seed, cfg.generations, out_dir=cfg.out,
+                                   log_every=cfg.log_every, resume=resume, on_log=on_log)
     evolved = jax.device_get(evolution.mean(state))
-    rows = build_report(evolution, evolved, args.eval_batch)
+    rows = build_report(evolution, evolved, cfg.es.eval_batch)
     report = format_report(rows, task)
     effective = jax.device_get(plastic.rule_coeffs(net, evolved))  # eta, not log(eta)
     pattern = delta_sign_pattern({"coeffs": effective})
     if pattern is not None:
         report += "\n\n" + pattern
     print("\n" + report)
-    print(f"\nevolved coefficients (ES mean): "
-          f"{jax.tree.map(significant_figures, effective)}")
-    with open(os.path.join(args.out, "report.md"), "w") as f:
+    print(f"\nevolved coefficients (ES mean): {jax.tree.map(summarise, effective)}")
+    with open(os.path.join(cfg.out, "report.md"), "w") as f:
         f.write(report + "\n")
-    with open(os.path.join(args.out, "report.json"), "w") as f:
+    with open(os.path.join(cfg.out, "report.json"), "w") as f:
         json.dump({"rows": rows, "seconds": time.perf_counter() - t0,
                    "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(),
                                                   effective)}, f, indent=1)
-    if not args.no_plots:
-        save_plots(args.out, history, evolution, evolved)
-    print(f"\nwrote {args.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "
-          f"report.json" + ("" if args.no_plots else " fitness.png coefficients.png weights.png"))
+    if cfg.plots:
+        save_plots(cfg.out, history, evolution, evolved)
+    print(f"\nwrote {cfg.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "
+          f"report.json" + (" fitness.png coefficients.png weights.png" if cfg.plots else ""))
     return rows
 
 

@@ -8,9 +8,11 @@ Subcommands:
            100 hidden units, beside the paper's figures       --task assoc_retrieval | mqar
   charlm   bits per character on tiny shakespeare's validation split, LSTM vs RNN-LN-FW
 
-Every run lives in its own directory (``runs/`` by default) with config.json,
-experiment.json, metrics.jsonl and checkpoint.msgpack; running a command again resumes
-unfinished runs and skips finished ones.
+Every run lives in its own directory (``runs/`` by default), a ``plastix.runs`` run
+directory: config.json (the experiment -- model, hidden size, model hyperparameters, task --
+and the training settings), metrics.jsonl and checkpoint.msgpack. Running a command again
+resumes unfinished runs and skips finished ones; a larger --steps extends them. A directory
+that holds a run with other settings is refused with a one-line error naming them.
 
 Reference: Ba, Hinton, Mnih, Leibo, Ionescu, "Using Fast Weights to Attend to the Recent
 Past", NeurIPS 2016 (arXiv:1610.06258), section 4.1 and Table 1.
@@ -22,12 +24,13 @@ import argparse
 import dataclasses
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 
-from plastix import models, tasks, train
+from plastix import models, runs, tasks, train
 
 RESULTS = Path(__file__).parent / "results"
 TINY_SHAKESPEARE = "/work/shared/data/tinyshakespeare/input.txt"
@@ -77,25 +80,37 @@ def build(experiment: dict):
 
 
 def train_run(run_dir: Path, experiment: dict, config: train.TrainConfig) -> train.TrainState:
-    """Train (or resume, or skip if finished) one run; returns its final state."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "experiment.json").write_text(json.dumps(experiment, indent=1))
+    """Train (or resume, or skip if finished) one run; returns its final state.
+
+    Raises ValueError if ``run_dir`` holds a run of another experiment or other settings.
+    """
     model, task = build(experiment)
     tag = run_dir.name
-    return train.fit(model, task, config, run_dir,
+    return train.fit(model, task, config, run_dir, experiment=experiment,
                      print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
+
+
+def read_run(run_dir: Path) -> tuple[dict, train.TrainConfig]:
+    """(experiment, TrainConfig) of a run directory."""
+    saved = runs.read_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"{run_dir} holds no run ({runs.CONFIG} is missing)")
+    if "train" in saved:
+        return saved["experiment"], train.TrainConfig(**saved["train"])
+    # Runs from before the run directory layout: the experiment had a file of its own.
+    experiment = json.loads((run_dir / "experiment.json").read_text())
+    return experiment, train.TrainConfig(**saved)
 
 
 def score_run(run_dir: Path, split: str = "test", batches: int = 20,
               batch_size: int = 1000) -> dict:
     """Loss (nats), accuracy and bits/char of a trained run on ``batches`` x ``batch_size``
     sequences of ``split``, drawn with a fixed key."""
-    experiment = json.loads((run_dir / "experiment.json").read_text())
-    config = train.TrainConfig(**json.loads((run_dir / train.CONFIG).read_text()))
+    experiment, config = read_run(run_dir)
     model, task = build(experiment)
     optimizer = train.make_optimizer(config.learning_rate, config.clip_norm)
     template = train.init_state(jax.random.key(0), model, task.seq_len, optimizer)
-    state = train.restore_checkpoint(run_dir / train.CHECKPOINT, template)
+    state, _ = runs.load_checkpoint(run_dir / runs.CHECKPOINT, template)
     evaluate = train.make_evaluate(model, task, batch_size, batches)
     scores = {k: float(v) for k, v in evaluate(state.params, jax.random.key(2016), split).items()}
     scores["bits_per_char"] = float(tasks.bits_per_char(scores["loss"]))
@@ -133,7 +148,7 @@ def cmd_plot(args):
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for run_dir in args.run_dirs:
-        records = train.read_metrics(Path(run_dir) / train.METRICS)
+        records = runs.MetricsLog(Path(run_dir) / runs.METRICS).read()
         for split, style in (("train", "-"), ("valid", "o--")):
             rows = [r for r in records if r["split"] == split]
             steps = [r["step"] for r in rows]
@@ -320,4 +335,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

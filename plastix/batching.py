@@ -12,7 +12,7 @@ working set, as XLA's compiled memory analysis reports it, fits a byte budget; a
 
 The chunk size is also a speed knob. A GPU wants the largest chunk that fits (every
 member in flight at once); a CPU core wants a chunk whose state stays in its cache (for
-`plastix.kernels.lifetime`, one member per core).
+the plastic lifetime, one member per core: see `plastix.devices`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _from_chunks(y: jax.Array, population: int) -> jax.Array:
     return y.reshape((-1,) + y.shape[2:])[:population]
 
 
-def chunked_vmap(fn: Callable, chunk_size: int) -> Callable:
+def chunked_vmap(fn: Callable, chunk_size: int,
+                 place_chunks: Callable | None = None) -> Callable:
     """``vmap(fn)`` over the leading axis of every argument, ``chunk_size`` members at a time.
 
     Args:
@@ -60,6 +61,8 @@ def chunked_vmap(fn: Callable, chunk_size: int) -> Callable:
         leading population axis (close over anything shared, e.g. with ``partial``).
       chunk_size: members evaluated together; peak memory grows with it. A population
         that it does not divide gets a padded last chunk whose results are dropped.
+      place_chunks: applied to the ``(num_chunks, chunk_size, ...)`` arguments before the
+        loop over chunks, e.g. a sharding constraint that splits every chunk over devices.
 
     Returns:
       A function with ``fn``'s signature plus the population axis, equal to
@@ -73,6 +76,8 @@ def chunked_vmap(fn: Callable, chunk_size: int) -> Callable:
         size = min(chunk_size, population)
         num_chunks = math.ceil(population / size)
         chunks = jax.tree.map(lambda x: _into_chunks(x, size, num_chunks), args)
+        if place_chunks is not None:
+            chunks = place_chunks(chunks)
         out = jax.lax.map(lambda chunk: jax.vmap(fn)(*chunk), chunks)
         return jax.tree.map(lambda y: _from_chunks(y, population), out)
 
@@ -137,7 +142,8 @@ def chunk_size_for_budget(cost: MemoryCost, budget_bytes: int, population: int,
 
 
 def population_map(fn: Callable, *, chunk_size: int | None = None,
-                   memory_budget: int | None = None, multiple_of: int = 1) -> Callable:
+                   memory_budget: int | None = None, multiple_of: int = 1,
+                   place_chunks: Callable | None = None) -> Callable:
     """``vmap(fn)`` over a population, chunked by size or by a memory budget.
 
     Args:
@@ -147,12 +153,13 @@ def population_map(fn: Callable, *, chunk_size: int | None = None,
         included; the chunk size is derived at trace time from ``fn``'s compiled memory
         analysis (`member_memory`).
       multiple_of: keep chunks a multiple of this (the number of devices sharing them).
+      place_chunks: see `chunked_vmap`.
 
     Returns:
       The population function. With neither option it is plain ``jax.vmap(fn)``.
     """
     if chunk_size is not None:
-        return chunked_vmap(fn, chunk_size)
+        return chunked_vmap(fn, chunk_size, place_chunks)
     if memory_budget is None:
         return jax.vmap(fn)
 
@@ -163,6 +170,6 @@ def population_map(fn: Callable, *, chunk_size: int | None = None,
         # The whole population's inputs stay resident; the chunks share what is left.
         inputs = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(args))
         size = chunk_size_for_budget(cost, memory_budget - inputs, population, multiple_of)
-        return chunked_vmap(fn, size)(*args)
+        return chunked_vmap(fn, size, place_chunks)(*args)
 
     return evaluate

@@ -23,21 +23,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
+import math
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import evosax.algorithms
-import flax.serialization
+import evosax.core.fitness_shaping as evosax_shaping
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from plastix import batching, plastic
+from plastix import batching, noise_table, plastic
+from plastix import runs
+from plastix import devices as devices_lib
 
 STRATEGIES: dict[str, type] = dict(evosax.algorithms.algorithms)
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
@@ -57,8 +60,23 @@ class ESConfig:
         (Najarro & Risi 2020 use SGD with 0.2 and 0.995).
       sigma, sigma_decay, sigma_min: search std, decayed every generation
         (Najarro & Risi 2020: 0.1 and 0.999).
-      l2_penalty: fitness += l2_penalty * ||theta||^2.
+      floor_mode: how ``lr_min`` and ``sigma_min`` bound the decay (`decay_schedule`):
+        "clamp", x_g = max(x_0 d^g, floor); or "stop", decay only while above the
+        floor, so the last value lies within one factor d below it (Najarro & Risi).
+      sigma_lag: evosax's strategies search generation g >= 1 with sigma_{g-1} (their
+        ``tell`` reads the schedule before counting the generation); False searches
+        generation g with sigma_g, as Najarro & Risi's loop does.
+      fitness_shaping: what the strategy sees instead of raw fitness: "default" (the
+        strategy's own; centred ranks for Open_ES), "centered_ranks" (rank/(N-1) - 1/2),
+        "centered_ranks_std" (those divided by their std, Najarro & Risi), "z_score"
+        or "raw" (`FITNESS_SHAPINGS`).
+      l2_penalty, l2_reduce: fitness += l2_penalty * sum(theta^2) ("sum") or
+        l2_penalty * mean(theta^2) ("mean", Najarro & Risi: 0.01); see `l2_penalty`.
       antithetic: mirrored sampling (z, -z) where the strategy supports it.
+      noise_table: Open_ES only: draw each perturbation as a window of one shared table
+        of this many N(0, 1) floats (Salimans et al. 2017; `plastix.noise_table`)
+        instead of fresh Gaussians; 0 (default) draws fresh ones. Sampling becomes a
+        copy, which matters when the parameters are many (per-synapse coefficients).
       eval_batch: held-out sequences scored when reporting the ES mean.
       chunk_size, memory_budget: evaluate the population ``chunk_size`` members
         at a time, or in the largest chunks whose compiled working set fits
@@ -75,8 +93,13 @@ class ESConfig:
     sigma: float = 0.1
     sigma_decay: float = 0.999
     sigma_min: float = 0.01
+    floor_mode: str = "clamp"
+    sigma_lag: bool = True
+    fitness_shaping: str = "default"
     l2_penalty: float = 0.0
+    l2_reduce: str = "sum"
     antithetic: bool = True
+    noise_table: int = 0
     eval_batch: int = 512
     chunk_size: int | None = None
     memory_budget: int | None = None
@@ -101,15 +124,81 @@ class ESConfig:
                     f"antithetic sampling pairs members (z, -z): population must be even, "
                     f"got {self.population}"
                 )
+        _check_option("floor_mode", self.floor_mode, FLOOR_MODES)
+        _check_option("l2_reduce", self.l2_reduce, L2_REDUCTIONS)
+        _check_option("fitness_shaping", self.fitness_shaping, ("default", *FITNESS_SHAPINGS))
+        if self.fitness_shaping != "default" and not _accepts(self.strategy, "fitness_shaping_fn"):
+            raise ValueError(f"ES strategy {self.strategy!r} takes no fitness shaping; "
+                             f"use fitness_shaping='default'")
+        if self.noise_table < 0 or (self.noise_table and self.strategy != "Open_ES"):
+            raise ValueError(f"noise_table must be 0 (off) or a table size for Open_ES, got "
+                             f"{self.noise_table} with strategy {self.strategy!r}")
+        if not self.sigma_lag and not _accepts(self.strategy, "std_schedule"):
+            raise ValueError(f"ES strategy {self.strategy!r} has no sigma schedule; "
+                             f"sigma_lag=False needs one")
 
 
 def _accepts(strategy: str, argument: str) -> bool:
     return argument in inspect.signature(STRATEGIES[strategy].__init__).parameters
 
 
-def decay_schedule(init: float, decay: float, floor: float) -> optax.Schedule:
-    """x_g = max(init * decay^g, floor)."""
-    return lambda g: jnp.maximum(init * decay**g, floor)
+def _check_option(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown ES {what} {value!r}; choose one of {list(choices)}")
+
+
+def decay_schedule(init: float, decay: float, floor: float,
+                   mode: str = "clamp") -> optax.Schedule:
+    """The value of generation g of a decayed step size or search std.
+
+    "clamp": x_g = max(init * decay^g, floor).
+    "stop":  x_g = init * decay^min(g, n), n the number of decays until
+             init * decay^n <= floor: the reference loop of Najarro & Risi (2020)
+             multiplies by ``decay`` after every generation only while x > floor.
+    """
+    if mode == "clamp":
+        return lambda g: jnp.maximum(init * decay**g, floor)
+    n = _decays_until_floor(init, decay, floor)
+    if n is None:
+        return lambda g: init * decay**g
+    return lambda g: init * decay ** jnp.minimum(g, n)
+
+
+def _decays_until_floor(init: float, decay: float, floor: float) -> int | None:
+    """How often ``x <- x * decay`` runs while ``x > floor``, from ``x = init``; None: forever."""
+    if init <= floor:
+        return 0
+    if not 0 < decay < 1 or floor <= 0:
+        return None
+    # Jump close to the answer, then step as the reference loop does (float64 products).
+    n = max(int(math.log(floor / init) / math.log(decay)) - 2, 0)
+    x = init * decay**n
+    while x > floor:
+        x *= decay
+        n += 1
+    return n
+
+
+@functools.cache
+def _std_on_schedule(cls: type) -> type:
+    """``cls`` searching generation g with ``std_schedule(g)``, not ``std_schedule(g - 1)``.
+
+    evosax strategies set generation 0's std in ``init`` from ``std_schedule(0)`` and
+    generation g + 1's in ``tell`` from ``std_schedule(g)``. The subclass hands the
+    strategy the schedule one step ahead and puts ``std_schedule(0)`` back at ``init``.
+    """
+
+    class OnSchedule(cls):
+        def __init__(self, population_size, solution, *, std_schedule, **kwargs):
+            super().__init__(population_size, solution,
+                             std_schedule=lambda g: std_schedule(g + 1), **kwargs)
+            self.first_std = std_schedule(0)
+
+        def _init(self, key, params):
+            return super()._init(key, params).replace(std=self.first_std)
+
+    OnSchedule.__name__ = OnSchedule.__qualname__ = cls.__name__
+    return OnSchedule
 
 
 def make_strategy(cfg: ESConfig, solution: Any):
@@ -117,13 +206,22 @@ def make_strategy(cfg: ESConfig, solution: Any):
     kwargs: dict[str, Any] = {}
     if _accepts(cfg.strategy, "optimizer"):
         kwargs["optimizer"] = OPTIMIZERS[cfg.optimizer](
-            decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min)
+            decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min, cfg.floor_mode)
         )
+    strategy_cls = STRATEGIES[cfg.strategy]
+    if cfg.noise_table:
+        strategy_cls = noise_table.SharedNoiseOpen_ES
+        kwargs["table_size"] = cfg.noise_table
     if _accepts(cfg.strategy, "std_schedule"):
-        kwargs["std_schedule"] = decay_schedule(cfg.sigma, cfg.sigma_decay, cfg.sigma_min)
+        kwargs["std_schedule"] = decay_schedule(
+            cfg.sigma, cfg.sigma_decay, cfg.sigma_min, cfg.floor_mode)
+        if not cfg.sigma_lag:
+            strategy_cls = _std_on_schedule(strategy_cls)
     if _accepts(cfg.strategy, "use_antithetic_sampling"):
         kwargs["use_antithetic_sampling"] = cfg.antithetic
-    strategy = STRATEGIES[cfg.strategy](cfg.population, solution, **kwargs)
+    if cfg.fitness_shaping != "default":
+        kwargs["fitness_shaping_fn"] = FITNESS_SHAPINGS[cfg.fitness_shaping]
+    strategy = strategy_cls(cfg.population, solution, **kwargs)
     es_params = strategy.default_params
     if hasattr(es_params, "std_init"):  # strategies without a schedule start at sigma
         es_params = es_params.replace(std_init=cfg.sigma)
@@ -145,15 +243,55 @@ def contain_nonfinite(fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def l2_norm_sq(tree) -> jax.Array:
+    """sum(theta^2) over every leaf of ``tree``."""
     return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
 
 
-def population_mesh(population: int, devices=None) -> Mesh:
-    """A 1-D mesh over the local devices whose axis "pop" shards the population.
+def l2_penalty(cfg: ESConfig, tree) -> jax.Array:
+    """The fitness penalty of one member: ``cfg.l2_penalty`` times sum(theta^2), or
+    times mean(theta^2) over all its scalars with ``cfg.l2_reduce == "mean"``
+    (Najarro & Risi 2020: 0.01 mean(theta^2), so it does not grow with the network)."""
+    penalty = cfg.l2_penalty * l2_norm_sq(tree)
+    if cfg.l2_reduce == "mean":
+        penalty = penalty / sum(jnp.size(leaf) for leaf in jax.tree.leaves(tree))
+    return penalty
 
+
+def centered_ranks_std(population, fitness, state, params) -> jax.Array:
+    """Centred ranks divided by their standard deviation (Najarro & Risi 2020).
+
+    r_k = rank_k / (N - 1) - 1/2 (rank 0 the lowest fitness, ties averaged), then
+    f_k = (r_k - mean(r)) / std(r) with the population std. The signature is evosax's
+    ``fitness_shaping_fn``. A generation of equal fitness (std 0) shapes to zeros, a
+    flat step, where the reference code raises.
+    """
+    ranks = evosax_shaping.centered_rank_fitness_shaping_fn(population, fitness, state, params)
+    centred = ranks - jnp.mean(ranks, axis=-1, keepdims=True)
+    std = jnp.std(ranks, axis=-1, keepdims=True)
+    return jnp.where(std > 0, centred / jnp.where(std > 0, std, 1.0), 0.0)
+
+
+# fitness_shaping name -> evosax fitness_shaping_fn(population, fitness, state, params)
+FITNESS_SHAPINGS: dict[str, Callable] = {
+    "centered_ranks": evosax_shaping.centered_rank_fitness_shaping_fn,
+    "centered_ranks_std": centered_ranks_std,
+    "z_score": evosax_shaping.standardize_fitness_shaping_fn,
+    "raw": evosax_shaping.identity_fitness_shaping_fn,
+}
+FLOOR_MODES = ("clamp", "stop")
+L2_REDUCTIONS = ("sum", "mean")
+
+
+def population_mesh(population: int, devices=None) -> Mesh:
+    """A 1-D mesh whose axis "pop" shards the population.
+
+    ``devices=None``: the local devices, as many as divide the population
+    (`plastix.devices.population_devices`); explicit ``devices`` must divide it.
     An Auto (default) mesh: evosax's ``tell`` fails under an Explicit mesh.
     """
-    devices = list(jax.devices() if devices is None else devices)
+    if devices is None:
+        devices = devices_lib.population_devices(population)
+    devices = list(devices)
     if population % len(devices):
         raise ValueError(
             f"population {population} cannot be split evenly over {len(devices)} devices; "
@@ -166,7 +304,14 @@ def population_mesh(population: int, devices=None) -> Mesh:
 class Evolution:
     """Everything static about one ES run; its methods are pure jitted functions.
 
-    ``task`` is a ``plastix.tasks`` task; ``mesh`` shards the population axis.
+    ``task`` is a ``plastix.tasks`` task; ``mesh`` shards the population axis;
+    ``solution`` is the ``init_params``-shaped pytree where the search starts.
+
+    The strategy searches the flat vector ``ravel_pytree(solution)`` (the layout of
+    evosax's own state), and each member is unravelled inside its evaluation: handing
+    evosax the pytree would make every ``ask`` and ``tell`` copy the whole population
+    between the two layouts, which with per-synapse coefficients costs as much as a
+    tenth of the lifetimes themselves.
     """
 
     net: plastic.PlasticRNN
@@ -176,8 +321,16 @@ class Evolution:
     solution: Any
 
     @functools.cached_property
+    def _flat(self):
+        return ravel_pytree(self.solution)
+
+    def unravel(self, flat: jax.Array):
+        """One member's flat parameter vector as the ``init_params`` pytree."""
+        return self._flat[1](flat)
+
+    @functools.cached_property
     def _strategy(self):
-        return make_strategy(self.cfg, self.solution)
+        return make_strategy(self.cfg, self._flat[0])
 
     @property
     def strategy(self):
@@ -189,34 +342,67 @@ class Evolution:
 
     def init(self, key: jax.Array):
         """The ES state, its mean at the solution template (the rule's defaults)."""
-        return self.strategy.init(key, self.solution, self.es_params)
+        return self.strategy.init(key, self._flat[0], self.es_params)
 
     def mean(self, state):
-        return self.strategy.get_mean(state)
+        """The search mean as an ``init_params`` pytree."""
+        return self.unravel(self.strategy.get_mean(state))
 
     def _shard(self, population):
         sharding = NamedSharding(self.mesh, PartitionSpec("pop"))
         return jax.lax.with_sharding_constraint(population, sharding)
 
     def population_scores(self, population, key: jax.Array, split: str = "train"):
-        """NLL and accuracy of every member on one shared batch (common random numbers)."""
+        """NLL and accuracy of every member on one shared batch (common random numbers).
+
+        ``population``: ``(P, D)`` flat parameter vectors as ``strategy.ask`` gives them,
+        or a pytree of ``init_params`` leaves with a leading ``P`` axis.
+        The sequences and the lifetimes' initial weights are drawn once, outside the
+        population map, and every member reads the same ones. The population is
+        evaluated in chunks: ``cfg.chunk_size`` or ``cfg.memory_budget`` if set, else
+        the device policy's default (`plastix.devices.default_chunk`).
+        """
+        if not isinstance(population, jax.Array) or population.ndim != 2:
+            population = jax.vmap(lambda member: ravel_pytree(member)[0])(population)
         data_key, life_key = jax.random.split(key)
         data = self.task.sample(data_key, self.cfg.batch, split)
-        member = lambda params: plastic.evaluate(self.net, params, life_key, *data)
-        evaluate_all = batching.population_map(
-            member, chunk_size=self.cfg.chunk_size, memory_budget=self.cfg.memory_budget,
-            multiple_of=self.mesh.devices.size,
-        )
-        return evaluate_all(self._shard(population))
+        draws = plastic.lifetime_draws(self.net, life_key, self.cfg.batch)
 
-    def generation(self, state, key: jax.Array):
-        """ask -> evaluate -> tell. Returns the new state and scalar metrics."""
+        def member(flat):
+            stats = plastic.lifetime_stats(self.net, self.unravel(flat), draws, *data)
+            return plastic.mean_scores(stats)
+
+        n_devices = self.mesh.devices.size
+        chunk_size = self.cfg.chunk_size
+        if chunk_size is None and self.cfg.memory_budget is None:
+            chunk_size = devices_lib.default_chunk(n_devices)
+        if devices_lib.shard_population():
+            population = self._shard(population)
+        evaluate_all = batching.population_map(
+            member, chunk_size=chunk_size, memory_budget=self.cfg.memory_budget,
+            multiple_of=n_devices, place_chunks=self._shard_chunks,
+        )
+        return evaluate_all(population)
+
+    def _shard_chunks(self, chunks):
+        """Split every chunk of ``(num_chunks, chunk_size, ...)`` members over the devices."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, "pop"))
+        return jax.lax.with_sharding_constraint(chunks, sharding)
+
+    def generation(self, state, key: jax.Array, es_params=None):
+        """ask -> evaluate -> tell. Returns the new state and scalar metrics.
+
+        ``es_params``: the strategy's params (default ``self.es_params``); `run` passes
+        them as an argument so that a large one (a shared noise table) is an input of
+        the compiled program, not a constant folded into it.
+        """
+        es_params = self.es_params if es_params is None else es_params
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
-        population, state = self.strategy.ask(ask_key, state, self.es_params)
+        population, state = self.strategy.ask(ask_key, state, es_params)
         nll, accuracy = self.population_scores(population, eval_key)
-        penalty = self.cfg.l2_penalty * jax.vmap(l2_norm_sq)(population)
+        penalty = jax.vmap(functools.partial(l2_penalty, self.cfg))(population)
         fitness, n_nonfinite = contain_nonfinite(nll + penalty)
-        state, _ = self.strategy.tell(tell_key, population, fitness, state, self.es_params)
+        state, _ = self.strategy.tell(tell_key, population, fitness, state, es_params)
         finite = jnp.isfinite(nll)
         metrics = {
             "best_fitness": jnp.min(fitness),
@@ -227,15 +413,18 @@ class Evolution:
         }
         return state, metrics
 
-    @functools.partial(jax.jit, static_argnames=("self", "num_generations"))
     def run(self, state, run_key: jax.Array, first_generation, num_generations: int):
-        """``num_generations`` generations in one ``lax.scan``.
+        """``num_generations`` generations in one ``lax.scan`` (one compiled program).
 
         Generation g uses ``fold_in(run_key, g)``, so a run resumed from any
         checkpoint draws exactly the keys an uninterrupted run would.
         """
+        return self._run(state, self.es_params, run_key, first_generation, num_generations)
+
+    @functools.partial(jax.jit, static_argnames=("self", "num_generations"))
+    def _run(self, state, es_params, run_key: jax.Array, first_generation, num_generations: int):
         generations = first_generation + jnp.arange(num_generations)
-        step = lambda s, g: self.generation(s, jax.random.fold_in(run_key, g))
+        step = lambda s, g: self.generation(s, jax.random.fold_in(run_key, g), es_params)
         return jax.lax.scan(step, state, generations)
 
     def score(self, params, key: jax.Array, split: str = "valid", batch: int = 512):
@@ -272,28 +461,10 @@ def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
     return Evolution(net, task, cfg, mesh, solution)
 
 
-# --- checkpoints: the whole ES state, written atomically --------------------------
-
-
-def save_checkpoint(path: str, state, generation: int) -> None:
-    """Write ``{generation, state}`` to ``path`` via a temporary file and rename."""
-    payload = {"generation": generation, "state": flax.serialization.to_state_dict(
-        jax.device_get(state))}
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(payload))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, template_state) -> tuple[Any, int]:
-    """Read a checkpoint written by ``save_checkpoint`` into ``template_state``'s structure."""
-    with open(path, "rb") as f:
-        payload = flax.serialization.msgpack_restore(f.read())
-    state = flax.serialization.from_state_dict(template_state, payload["state"])
-    return jax.tree.map(jnp.asarray, state), int(payload["generation"])
-
-
 # --- the host loop: logging, checkpoints, resume ------------------------------------
+
+# Record fields that measure speed, not results: they differ between equal runs.
+TIMING_FIELDS = ("seconds", "lifetimes_per_s", "synapse_updates_per_s")
 
 
 def evolve(
@@ -308,10 +479,12 @@ def evolve(
 ):
     """Run ES for ``generations``, logging and checkpointing every ``log_every``.
 
-    With ``out_dir``, metrics go to ``metrics.jsonl`` and the ES state to
-    ``checkpoint.msgpack`` after every block; with ``resume`` a run restarts
-    from the last checkpoint and ends exactly as an uninterrupted run would
-    (the same compiled block, the same per-generation keys).
+    With ``out_dir`` (a ``plastix.runs`` run directory), a record per block goes to
+    ``metrics.jsonl`` and the ES state to ``checkpoint.msgpack``. With ``resume`` a run
+    restarts from the last checkpoint, drops the records logged after it, and ends
+    exactly as an uninterrupted run would (the same compiled block, the same
+    per-generation keys). Without it the run starts afresh and the directory's old
+    checkpoint and records are discarded. The caller owns ``config.json``.
 
     Returns:
       ``(final_state, history)``: history is the list of logged records.
@@ -320,16 +493,25 @@ def evolve(
     init_key, run_key = jax.random.split(key)
     eval_key = jax.random.key(eval_seed)
     state, start, history = evolution.init(init_key), 0, []
-    ckpt_path = metrics_path = None
+    ckpt_path = log = None
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        ckpt_path = os.path.join(out_dir, "checkpoint.msgpack")
-        metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        ckpt_path = os.path.join(out_dir, runs.CHECKPOINT)
+        log = runs.MetricsLog(os.path.join(out_dir, runs.METRICS), step_key="generation")
         if resume and os.path.exists(ckpt_path):
-            state, start = load_checkpoint(ckpt_path, state)
-            history = _read_history(metrics_path, upto=start)
-        _write_history(metrics_path, history)  # drops records past the checkpoint
+            state, start = runs.load_checkpoint(ckpt_path, state)
+        elif os.path.exists(ckpt_path):
+            # A fresh run: a later --resume must not pick up the previous run's state.
+            os.remove(ckpt_path)
+        history = log.truncate_to(start)  # the resumed run logs later blocks again
+    # Give every starting state the type of a block's output (strong dtypes, placed on the
+    # mesh): the initial state is weakly typed on one device and a loaded one is neither,
+    # so each would otherwise compile the block again.
+    placement = NamedSharding(evolution.mesh, PartitionSpec())
+    state = jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, x.dtype), placement), state)
 
+    updates_per_lifetime = plastic.synapse_updates_per_lifetime(evolution.net,
+                                                                evolution.task.seq_len)
     generation = start
     while generation < generations:
         block = min(log_every, generations - generation)
@@ -338,6 +520,7 @@ def evolve(
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
         generation += block
+        lifetimes = block * evolution.cfg.population * evolution.cfg.batch
         valid_nll, valid_acc = evolution.score(
             evolution.mean(state), eval_key, "valid", evolution.cfg.eval_batch
         )
@@ -348,26 +531,17 @@ def evolve(
             "valid_nll": float(valid_nll),
             "valid_accuracy": float(valid_acc),
             "seconds": seconds,
-            "lifetimes_per_s": block * evolution.cfg.population * evolution.cfg.batch / seconds,
+            "lifetimes_per_s": lifetimes / seconds,
+            # Whole generations (ask, every lifetime, tell) per second, in the unit of
+            # benchmarks/bench_es.py: plastic synapses times lifetime steps.
+            "synapse_updates_per_s": lifetimes * updates_per_lifetime / seconds,
         }
         history.append(record)
-        if out_dir is not None:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(ckpt_path, state, generation)
+        if log is not None:
+            # Record first: a kill between the two leaves a record past the checkpoint,
+            # which the resumed run drops and logs again.
+            log.append(record)
+            runs.save_checkpoint(ckpt_path, state, generation)
         if on_log is not None:
             on_log(record)
     return state, history
-
-
-def _read_history(path: str, upto: int) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r["generation"] <= upto]
-
-
-def _write_history(path: str, history: list[dict]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)

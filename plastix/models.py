@@ -20,8 +20,10 @@ between a token embedding and a softmax readout. The cells:
                 "Linear transformers are secretly fast weight programmers").
 ==============  ==========================================================================
 
-Fast-weight writes call :mod:`plastix.rules` (``fast_weight_ba``, ``fast_weight_delta``),
-one example at a time under ``jax.vmap``, as the rule contract asks.
+Fast weights are plastic layers of the ES networks' kind: a `plastix.plastic.Synapses`
+store under the rule ``fast_weight_ba`` or ``fast_weight_delta`` (``drive`` reads the
+fast matrix, ``learn`` writes it), so the gradient path and the ES path share one
+plastic-layer protocol; the attention form is another store of the same layer.
 
 Layer norm always normalises each example over its own hidden features. (The public
 TensorFlow reference of the fast-weights model took the moments over the batch axis, which
@@ -31,13 +33,13 @@ the reset gate's pre-activation to the update gate's layer norm.)
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plastix import rules
+from plastix import plastic, rules
 
 Array = jax.Array
 
@@ -110,69 +112,50 @@ class SimpleRNNCell(HiddenVectorCell):
         return h, h
 
 
-class FastMemory(NamedTuple):
-    """How a fast-weights cell stores A(t), as pure per-example functions.
-
-    init(h) -> memory          empty memory (A(0) = 0) for a hidden vector shaped like h
-    read(memory, q) -> A(t) q
-    write(memory, h) -> memory holding A(t+1) = lam A(t) + eta h h^T
-    """
-
-    init: Callable[[Array], Any]
-    read: Callable[[Any, Array], Array]
-    write: Callable[[Any, Array], Any]
-
-
-def explicit_fast_weights(decay: float, fast_lr: float) -> FastMemory:
-    """Fast weights stored as the matrix A (H x H), written by ``rules.fast_weight_ba``.
-
-    A(t) = lam A(t-1) + eta h(t) h(t)^T; reading costs O(H^2) per inner step.
-    """
-    rule = rules.get("fast_weight_ba")
+def explicit_fast_weights(decay: float, fast_lr: float) -> plastic.Synapses:
+    """Fast weights stored as the matrix A (H x H): a plastic layer under
+    ``rules.fast_weight_ba``, A(t) = lam A(t-1) + eta h(t) h(t)^T, in the store the ES
+    networks use (`plastix.plastic.dense_synapses`); reading costs O(H^2) per inner step."""
     coeffs = {"lam": jnp.asarray(decay), "eta": jnp.asarray(fast_lr)}
-
-    def init(h):
-        a = jnp.zeros(h.shape + h.shape, h.dtype)
-        return a, rule.init(a)
-
-    def read(memory, q):
-        a, _ = memory
-        return a @ q
-
-    def write(memory, h):
-        a, state = memory
-        da, state = rule.update(coeffs, state, a, h, h, None)
-        return a + da, state
-
-    return FastMemory(init, read, write)
+    return plastic.dense_synapses(rules.get("fast_weight_ba"), coeffs)
 
 
-def attention_fast_weights(decay: float, fast_lr: float, max_len: int) -> FastMemory:
-    """Fast weights never formed: attention over the stored past hidden states.
+def attention_fast_weights(decay: float, fast_lr: float, max_len: int) -> plastic.Synapses:
+    """The same plastic layer, A never formed: attention over the stored past hidden states.
 
     With A(0) = 0 the rule unrolls to A(t) = eta sum_{tau<=t} lam^(t-tau) h(tau) h(tau)^T, so
 
         A(t) q = eta sum_{tau<=t} lam^(t-tau) <h(tau), q> h(tau)        (Ba et al. 2016, eq. 3)
 
-    which costs O(t H) per inner step instead of O(H^2): cheaper while t < H. The memory is
-    a fixed (max_len, H) buffer of past states plus a counter, so the carry keeps one shape.
+    which costs O(t H) per inner step instead of O(H^2): cheaper while t < H. The store is
+    a fixed ``(B, max_len, H)`` buffer of past states plus a counter, so the carry keeps
+    one shape; ``weights`` forms A(t) when asked.
     """
 
-    def init(h):
-        return jnp.zeros((max_len,) + h.shape, h.dtype), jnp.zeros((), jnp.int32)
+    def init(w0):
+        batch, features = w0.shape[0], w0.shape[-1]
+        return jnp.zeros((batch, max_len, features), w0.dtype), jnp.zeros((), jnp.int32)
 
-    def read(memory, q):
-        past, count = memory
+    def age_weights(count, dtype):
         slot = jnp.arange(max_len)
-        age = (count - 1 - slot).astype(q.dtype)
-        weight = jnp.where(slot < count, fast_lr * decay**age, 0.0)
-        return past.T @ (weight * (past @ q))
+        age = (count - 1 - slot).astype(dtype)
+        return jnp.where(slot < count, fast_lr * decay**age, 0.0)
 
-    def write(memory, h):
-        past, count = memory
-        return past.at[count].set(h), count + 1
+    def drive(store, q, t):
+        past, count = store
+        scores = jnp.einsum("bsh,bh->bs", past, q) * age_weights(count, q.dtype)
+        return jnp.einsum("bsh,bs->bh", past, scores)
 
-    return FastMemory(init, read, write)
+    def learn(store, pre, post, mod, t, keys):
+        del post, mod, t, keys  # A's write is h h^T: pre and post are the same state
+        past, count = store
+        return past.at[:, count].set(pre), count + 1
+
+    def weights(store, t):
+        past, count = store
+        return jnp.einsum("bsi,s,bsj->bij", past, age_weights(count, past.dtype), past)
+
+    return plastic.Synapses("attention", init, drive, learn, weights)
 
 
 class FastWeightRNNCell(HiddenVectorCell):
@@ -215,7 +198,7 @@ class FastWeightRNNCell(HiddenVectorCell):
     ln_gain_init: float | None = None  # None: sqrt(2 / (eta H)), see above
 
     @nn.nowrap
-    def memory(self) -> FastMemory:
+    def memory(self) -> plastic.Synapses:
         if self.form == "explicit":
             return explicit_fast_weights(self.decay, self.fast_lr)
         if self.form == "attention":
@@ -233,15 +216,15 @@ class FastWeightRNNCell(HiddenVectorCell):
         layer_norm = feature_layer_norm(gain_init=gain)  # one LN shared by all S inner steps
         h_s = self.activation(z)
         for _ in range(self.inner_steps):  # S is small and static: unrolled
-            h_s = self.activation(layer_norm(z + jax.vmap(fast.read)(memory, h_s)))
-        memory = jax.vmap(fast.write)(memory, h_s)
+            h_s = self.activation(layer_norm(z + fast.drive(memory, h_s, None)))
+        memory = fast.learn(memory, h_s, h_s, None, None, None)
         return (h_s, memory), h_s
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape: tuple[int, ...]):
         del rng
         h = jnp.zeros(input_shape[:-1] + (self.features,))
-        return h, jax.vmap(self.memory().init)(h)
+        return h, self.memory().init(jnp.zeros(h.shape + h.shape[-1:]))
 
 
 class LayerNormGRUCell(HiddenVectorCell):
@@ -289,30 +272,29 @@ class DeltaRNNCell(HiddenVectorCell):
 
     features: int
 
+    @nn.nowrap
+    def memory(self) -> plastic.Synapses:
+        # The write strength is the dynamic beta, passed as the rule's mod.
+        return plastic.dense_synapses(rules.get("fast_weight_delta"), {"beta": jnp.asarray(1.0)})
+
     @nn.compact
     def __call__(self, carry, x: Array):
-        h, fast_w, rule_state = carry
-        rule = rules.get("fast_weight_delta")
+        h, memory = carry
+        fast = self.memory()
         z = jnp.concatenate([x, h], axis=-1)
         key = _l2_normalise(nn.Dense(self.features, name="key")(z))
         query = _l2_normalise(nn.Dense(self.features, name="query")(z))
         value = nn.Dense(self.features, name="value")(z)
         beta = nn.sigmoid(nn.Dense(1, name="beta")(z))[..., 0]
-        coeffs = {"beta": jnp.asarray(1.0)}  # the write strength is the dynamic beta (mod)
-        d_fast_w, rule_state = jax.vmap(rule.update, in_axes=(None, 0, 0, 0, 0, 0))(
-            coeffs, rule_state, fast_w, key, value, beta
-        )
-        fast_w = fast_w + d_fast_w
-        h = feature_layer_norm()(jnp.einsum("...ij,...j->...i", fast_w, query))
-        return (h, fast_w, rule_state), h
+        memory = fast.learn(memory, key, value, beta, None, None)
+        h = feature_layer_norm()(fast.drive(memory, query, None))
+        return (h, memory), h
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape: tuple[int, ...]):
         del rng
         h = jnp.zeros(input_shape[:-1] + (self.features,))
-        fast_w = jnp.zeros(input_shape[:-1] + (self.features, self.features))
-        rule_state = jax.vmap(rules.get("fast_weight_delta").init)(fast_w)
-        return h, fast_w, rule_state
+        return h, self.memory().init(jnp.zeros(h.shape + h.shape[-1:]))
 
 
 def _l2_normalise(v: Array, eps: float = 1e-6) -> Array:

@@ -1,4 +1,4 @@
-"""Plastic recurrent networks: random weights at birth, learning only by a plasticity rule.
+"""Plastic recurrent networks: random weights at birth, learning only by plasticity rules.
 
 A lifetime reads one token sequence. At every step t
 
@@ -16,13 +16,33 @@ Networks", NeurIPS), or taken from evolved initial weights (``evolve_init``).
 What evolution (or gradient descent) optimises is the ``params`` pytree:
 ``{"coeffs": {layer: rule coefficients}}`` plus ``"w0"`` when initial weights
 are evolved too.
+
+**One lifetime, several storage layouts.** Which signal each matrix learns from is
+data (`Wiring`: the names of its pre, post and mod signals), and each matrix is held
+in a `Synapses` store -- ``init / drive / learn / weights`` -- that the lifetime picks
+by itself from the rule and the input (`synapses_for`):
+
+* ``dense``: the weights and the rule's state; ``rule.update`` every step. Any rule.
+* ``outer_affine``: rules whose update is ``dW = (a*y + b) x^T + (c*y + d)`` (the ABCD
+  family, ``rule.outer_affine``) update in one fused elementwise pass on coefficients
+  whose learning rate was folded in once per lifetime.
+* ``one_hot_columns``: an outer-affine input matrix under a one-hot input is never
+  updated densely. Only column ``i = token`` sees the ``a`` and ``b`` terms, and the
+  ``c`` and ``d`` terms add the same matrix to every column, so
+  ``W_in(t) = G(t) + c * (S(t) 1^T) + t d`` with ``S(t) = sum_{s<t} h_s``, where ``G``
+  changes in one column per step: each step costs O(N) instead of O(N V).
+* ``fixed`` / ``fixed_columns``: matrices without a rule (a one-hot input reads a column).
+
+Every store is batched over the B sequences of a member, laid out ``(B, n_post, n_pre)``
+so the matrix-vector products are batched dots on the contiguous pre axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,19 +54,6 @@ NORMALISATIONS = ("none", "maxabs", "l2")
 READOUT_POSTS = ("auto", "teacher", "prediction")
 MODULATIONS = ("none", "reward")
 
-# Named variants of registry rules, for command lines and configs.
-RULE_VARIANTS = {
-    "polynomial_mod": ("polynomial", {"use_mod": True}),  # 54 terms in x, y, w, m
-    "multilinear": ("polynomial", {"degree": 1}),  # 8 terms: powers 0..1 of x, y, w
-    "multilinear_mod": ("polynomial", {"degree": 1, "use_mod": True}),  # 16 terms
-}
-
-# Rules that compare the readout's own prediction (post) with the teaching signal (mod);
-# every other rule sees the teacher clamped as the readout's post activity.
-ERROR_DRIVEN_RULES = frozenset(
-    {"delta", "chl", "generec", "err_credit", "polynomial_mod", "multilinear_mod"}
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class PlasticRNN:
@@ -55,10 +62,10 @@ class PlasticRNN:
     Attributes:
       vocab_size: one-hot input and readout size V.
       hidden_size: recurrent units N.
-      layer_rules: ``(layer, rule_name)`` pairs; layers not listed stay fixed.
-        Layers are "in" (N x V), "rec" (N x N), "out" (V x N). A rule name is
-        any ``plastix.rules`` registry name or a ``RULE_VARIANTS`` name (the
-        polynomial rule with a teaching factor, or of degree 1).
+      layer_rules: ``(layer, rule)`` pairs; layers not listed stay fixed. Layers are
+        "in" (N x V), "rec" (N x N), "out" (V x N). A rule is a ``plastix.rules``
+        registry name (e.g. ``"ABCD_lr"``, ``"multilinear_mod"``) or a `rules.Rule`
+        value, registered or not.
       granularity: "shared", "post" or "synapse" coefficients.
       init_scale: initial weights are U(-init_scale, init_scale).
       evolve_init: evolve initial weights too instead of drawing them per lifetime.
@@ -67,7 +74,7 @@ class PlasticRNN:
       weight_noise: std of Gaussian noise added to plastic weights every step.
       readout_post: what the readout rule sees as its post activity: the
         teacher's one-hot ("teacher"), the softmax prediction ("prediction"),
-        or "auto" (prediction for error-driven rules, teacher otherwise).
+        or "auto" (prediction for rules that read a target, teacher otherwise).
         The readout's ``mod`` is always the teacher's one-hot.
       modulation: modulatory signal of the hidden layers: "none", or "reward",
         r_t = -(NLL_t - running mean of NLL), the third factor of the
@@ -82,7 +89,7 @@ class PlasticRNN:
 
     vocab_size: int
     hidden_size: int = 32
-    layer_rules: tuple[tuple[str, str], ...] = (("out", "ABCD_lr"),)
+    layer_rules: tuple[tuple[str, str | rules_lib.Rule], ...] = (("out", "ABCD_lr"),)
     granularity: str = "shared"
     init_scale: float = 0.1
     evolve_init: bool = False
@@ -99,15 +106,15 @@ class PlasticRNN:
                 f"PlasticRNN needs vocab_size >= 2 and hidden_size >= 1, got "
                 f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}"
             )
-        if not self.init_scale >= 0 or self.weight_noise < 0:
+        if not 0 <= self.init_scale < float("inf") or not 0 <= self.weight_noise < float("inf"):
             raise ValueError(
-                f"PlasticRNN needs init_scale >= 0 and weight_noise >= 0, got "
+                f"PlasticRNN needs finite init_scale >= 0 and weight_noise >= 0, got "
                 f"init_scale={self.init_scale}, weight_noise={self.weight_noise}"
             )
-        for layer, rule_name in self.layer_rules:
+        for layer, rule in self.layer_rules:
             if layer not in LAYERS:
                 raise ValueError(f"unknown layer {layer!r}; layers are {LAYERS}")
-            make_rule(rule_name)  # raises on an unknown rule name
+            as_rule(rule)  # raises on an unknown rule name
         layers = [layer for layer, _ in self.layer_rules]
         if len(set(layers)) != len(layers):
             raise ValueError(f"each layer takes one rule, got {self.layer_rules}")
@@ -125,12 +132,41 @@ class PlasticRNN:
         return {"in": (n, v), "rec": (n, n), "out": (v, n + self.readout_bias)}
 
     def rule(self, layer: str) -> rules_lib.Rule:
-        return make_rule(dict(self.layer_rules)[layer])
+        return as_rule(dict(self.layer_rules)[layer])
+
+    def rule_names(self) -> dict[str, str]:
+        """``{layer: rule name}``, e.g. for logs and ``config.json``."""
+        return {layer: self.rule(layer).name for layer in self.plastic_layers}
 
     def readout_sees_teacher(self) -> bool:
         if self.readout_post == "auto":
-            return dict(self.layer_rules).get("out") not in ERROR_DRIVEN_RULES
+            return "out" not in self.plastic_layers or not self.rule("out").reads_target
         return self.readout_post == "teacher"
+
+    def wiring(self) -> dict[str, Wiring]:
+        """Which signals every matrix learns from (see `Wiring`)."""
+        hidden_mod = "reward" if self.modulation == "reward" else None
+        readout_post = "teacher" if self.readout_sees_teacher() else "prediction"
+        return {
+            "in": Wiring("x", "h", hidden_mod),
+            "rec": Wiring("h_prev", "h", hidden_mod),
+            "out": Wiring("readout_in", readout_post, "teacher"),
+        }
+
+
+class Wiring(NamedTuple):
+    """The names of the step signals a matrix's rule reads as pre, post and mod.
+
+    Signals of step t (each batched over the B sequences): ``x`` the one-hot input,
+    ``h_prev`` / ``h`` the hidden state before / after the step, ``readout_in`` the
+    readout's input (``h``, plus the always-on unit with ``readout_bias``),
+    ``prediction`` the readout's softmax, ``teacher`` the teaching signal's one-hot
+    (zero where nothing teaches), ``reward`` -(NLL_t - its running mean).
+    """
+
+    pre: str
+    post: str
+    mod: str | None
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -138,11 +174,9 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of {choices}")
 
 
-@functools.cache
-def make_rule(rule_name: str) -> rules_lib.Rule:
-    """The registry rule ``rule_name``, or a named variant from ``RULE_VARIANTS``."""
-    name, hyper = RULE_VARIANTS.get(rule_name, (rule_name, {}))
-    return rules_lib.get(name, **hyper)
+def as_rule(rule: str | rules_lib.Rule) -> rules_lib.Rule:
+    """A registry name built with its defaults, or a `rules.Rule` value as it is."""
+    return rules_lib.get(rule) if isinstance(rule, str) else rule
 
 
 class LifetimeStats(NamedTuple):
@@ -153,11 +187,15 @@ class LifetimeStats(NamedTuple):
     count: jax.Array
 
 
-class Carry(NamedTuple):
-    weights: dict
-    rule_states: dict
-    h: jax.Array
-    nll_baseline: jax.Array
+class LifetimeDraws(NamedTuple):
+    """The randomness of B lifetimes: initial weights ``{layer: (B, n_post, n_pre)}``
+    (None when they are evolved) and one weight-noise key per sequence."""
+
+    w0: dict | None
+    noise_keys: jax.Array
+
+
+# --- the evolvable parameters ---------------------------------------------------------
 
 
 def init_params(net: PlasticRNN, key: jax.Array) -> dict:
@@ -202,13 +240,226 @@ def draw_weights(net: PlasticRNN, key: jax.Array) -> dict[str, jax.Array]:
     }
 
 
+def lifetime_draws(net: PlasticRNN, key: jax.Array, batch: int) -> LifetimeDraws:
+    """Initial weights and noise keys of ``batch`` lifetimes, one key per sequence.
+
+    Drawn once and shared by every member of a population (common random numbers), so
+    they are computed outside the population's ``vmap``.
+    """
+    init_keys, noise_keys = jnp.moveaxis(
+        jax.vmap(jax.random.split)(jax.random.split(key, batch)), 1, 0)
+    w0 = None if net.evolve_init else jax.vmap(functools.partial(draw_weights, net))(init_keys)
+    return LifetimeDraws(w0, noise_keys)
+
+
+def start_weights(net: PlasticRNN, params: dict, draws: LifetimeDraws) -> dict:
+    """``(B, n_post, n_pre)`` initial weights: drawn, or the evolved ``params["w0"]``."""
+    if not net.evolve_init:
+        return draws.w0
+    batch = draws.noise_keys.shape[0]
+    return {k: jnp.broadcast_to(w, (batch,) + w.shape) for k, w in params["w0"].items()}
+
+
+# --- storage layouts of one plastic matrix --------------------------------------------
+
+
+class Synapses(NamedTuple):
+    """One matrix during B lifetimes, stored however is cheapest (pure functions).
+
+    init(w0) -> store                          w0: (B, n_post, n_pre)
+    drive(store, pre, t) -> (B, n_post)        W(t) pre, W(t) after t updates
+    learn(store, pre, post, mod, t, keys) -> store     W(t+1) = settle(W(t) + dW)
+    weights(store, t) -> (B, n_post, n_pre)    W(t), dense
+
+    ``reads_token``: ``pre`` is the one-hot input's token ``(B,)``, not its one-hot.
+    ``keys`` are per-sequence weight-noise keys ``(B,)`` (None without noise).
+    """
+
+    name: str
+    init: Callable
+    drive: Callable
+    learn: Callable
+    weights: Callable
+    reads_token: bool = False
+
+
+def _matvec(w, pre):
+    return jnp.einsum("bij,bj->bi", w, pre)
+
+
+def _rows(token):
+    return jnp.arange(token.shape[0])
+
+
+def _no_learning(store, *args):
+    del args
+    return store
+
+
+def fixed_synapses() -> Synapses:
+    """A matrix without a rule."""
+    return Synapses("fixed", lambda w0: w0, lambda w, pre, t: _matvec(w, pre), _no_learning,
+                    lambda w, t: w)
+
+
+def fixed_columns() -> Synapses:
+    """A matrix without a rule under a one-hot input: ``W x`` is a gather of one column.
+
+    Stored transposed, ``(B, n_pre, n_post)``, so the column is a contiguous row.
+    """
+    return Synapses("fixed_columns", lambda w0: jnp.swapaxes(w0, 1, 2),
+                    lambda g, token, t: g[_rows(token), token], _no_learning,
+                    lambda g, t: jnp.swapaxes(g, 1, 2), reads_token=True)
+
+
 def normalise_weights(w: jax.Array, how: str) -> jax.Array:
-    """Keep plastic weights bounded: divide by max |w|, or scale rows to unit L2 norm."""
+    """Keep plastic weights bounded: divide each ``(n_post, n_pre)`` matrix by its max
+    |w|, or scale its rows to unit L2 norm (leading axes are batch axes)."""
     if how == "maxabs":
-        return w / jnp.maximum(jnp.max(jnp.abs(w)), 1e-12)
+        return w / jnp.maximum(jnp.max(jnp.abs(w), axis=(-2, -1), keepdims=True), 1e-12)
     if how == "l2":
-        return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+        return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
     return w
+
+
+def _settle(w, noise: float, normalise: str, keys):
+    """``normalise(w + noise * N(0, 1))``, a noise key per sequence."""
+    if noise > 0:
+        w = w + noise * jax.vmap(lambda k, x: jax.random.normal(k, x.shape, x.dtype))(keys, w)
+    return normalise_weights(w, normalise)
+
+
+def dense_synapses(rule: rules_lib.Rule, coeffs: dict, noise: float = 0.0,
+                   normalise: str = "none") -> Synapses:
+    """Any rule: the weights and the rule's state, ``rule.update`` every step.
+
+    The forward pass uses ``rule.effective_weights(w, state)`` when the rule has one
+    (e.g. a Hebbian mask's ``w * mask``).
+    """
+    # mod may be None (an empty pytree), so one vmap serves modulated and plain rules.
+    update = jax.vmap(rule.update, in_axes=(None, 0, 0, 0, 0, 0))
+
+    def init(w0):
+        return w0, jax.vmap(rule.init)(w0)
+
+    def drive(store, pre, t):
+        w, state = store
+        if rule.effective_weights is not None:
+            w = jax.vmap(rule.effective_weights)(w, state)
+        return _matvec(w, pre)
+
+    def learn(store, pre, post, mod, t, keys):
+        w, state = store
+        dw, state = update(coeffs, state, w, pre, post, mod)
+        return _settle(w + dw, noise, normalise, keys), state
+
+    return Synapses("dense", init, drive, learn, lambda store, t: store[0])
+
+
+def _affine(scale, y, shift):
+    """``scale * y + shift`` where either term may be absent (None)."""
+    out = None if scale is None else scale * y
+    if shift is None:
+        return out
+    return shift if out is None else out + shift
+
+
+def outer_affine_synapses(terms: rules_lib.OuterAffine, noise: float = 0.0,
+                          normalise: str = "none") -> Synapses:
+    """``W += (a*y + b) x^T + (c*y + d)`` in one fused elementwise pass per step.
+
+    ``terms`` (learning rate folded in once per lifetime) broadcast against
+    ``(n_post, n_pre)``; absent terms are skipped at trace time.
+    """
+
+    def learn(w, pre, post, mod, t, keys):
+        y, x = post[:, :, None], pre[:, None, :]
+        slope, offset = _affine(terms.a, y, terms.b), _affine(terms.c, y, terms.d)
+        # Grouped as (a y + b) x + (c y + d): three multiply-adds per synapse and one
+        # read-modify-write of w, which XLA emits as a single elementwise loop.
+        if slope is not None:
+            w = w + slope * x
+        if offset is not None:
+            w = w + offset
+        return _settle(w, noise, normalise, keys)
+
+    return Synapses("outer_affine", lambda w0: w0, lambda w, pre, t: _matvec(w, pre), learn,
+                    lambda w, t: w)
+
+
+class InputColumns(NamedTuple):
+    """A one-hot input matrix kept lazily: ``W(t)[:, j] = g[j] + c[:, j] * s + t d[:, j]``.
+
+    Attributes:
+      g: ``(B, n_pre, n_post)``, ``G`` transposed: row ``j`` is column ``j`` of ``G``.
+      s: ``(B, n_post)``, ``S(t)``: the post activity summed over the steps so far.
+    """
+
+    g: jax.Array
+    s: jax.Array
+
+
+def one_hot_columns(terms: rules_lib.OuterAffine, shape: tuple[int, int]) -> Synapses:
+    """An outer-affine rule on a one-hot pre: O(n_post) per step (module docstring)."""
+    n_post, n_pre = shape
+    # Transposed to (n_pre, n_post) so that a token selects a contiguous row.
+    terms_t = rules_lib.OuterAffine(
+        *(None if x is None else jnp.broadcast_to(x, shape).T for x in terms))
+
+    def init(w0):
+        return InputColumns(jnp.swapaxes(w0, 1, 2), jnp.zeros(w0.shape[:2], w0.dtype))
+
+    def drive(cols, token, t):
+        out = cols.g[_rows(token), token]
+        if terms_t.c is not None:
+            out = out + terms_t.c[token] * cols.s
+        if terms_t.d is not None:
+            out = out + t * terms_t.d[token]
+        return out
+
+    def learn(cols, token, post, mod, t, keys):
+        column = _affine(None if terms_t.a is None else terms_t.a[token], post,
+                         None if terms_t.b is None else terms_t.b[token])
+        g = cols.g if column is None else cols.g.at[_rows(token), token].add(column)
+        return InputColumns(g, cols.s + post if terms_t.c is not None else cols.s)
+
+    def weights(cols, t):
+        w = jnp.swapaxes(cols.g, 1, 2)
+        if terms.c is not None:
+            w = w + terms.c * cols.s[:, :, None]
+        if terms.d is not None:
+            w = w + t * terms.d
+        return w
+
+    return Synapses("one_hot_columns", init, drive, learn, weights, reads_token=True)
+
+
+def synapses_for(net: PlasticRNN, layer: str, coeffs: dict | None) -> Synapses:
+    """The cheapest exact storage of one matrix for this rule, input and settings."""
+    one_hot_pre = net.wiring()[layer].pre == "x"
+    if layer not in net.plastic_layers:
+        return fixed_columns() if one_hot_pre else fixed_synapses()
+    rule = net.rule(layer)
+    if rule.outer_affine is None or rule.effective_weights is not None:
+        return dense_synapses(rule, coeffs, net.weight_noise, net.normalise)
+    terms = rule.outer_affine(coeffs)
+    if one_hot_pre and net.weight_noise == 0 and net.normalise == "none":
+        return one_hot_columns(terms, net.weight_shapes()[layer])
+    return outer_affine_synapses(terms, net.weight_noise, net.normalise)
+
+
+def layer_synapses(net: PlasticRNN, params: dict, dense: bool = False) -> dict[str, Synapses]:
+    """Every matrix's store; ``dense=True`` forces ``rule.update`` on every plastic one
+    (the reference the fused layouts are tested against)."""
+    coeffs = rule_coeffs(net, params)
+    if dense:
+        return {layer: dense_synapses(net.rule(layer), coeffs[layer], net.weight_noise,
+                                      net.normalise) if layer in net.plastic_layers
+                else fixed_synapses() for layer in LAYERS}
+    return {layer: synapses_for(net, layer, coeffs.get(layer)) for layer in LAYERS}
+
+
+# --- the lifetime -----------------------------------------------------------------------
 
 
 def teaching_signal(inputs, targets, mask):
@@ -216,94 +467,137 @@ def teaching_signal(inputs, targets, mask):
 
     The teacher at step t is the scored target where there is one, else the
     next input token (the sequence itself teaches next-token prediction). The
-    last unscored step has no next token and so teaches nothing.
+    last unscored step has no next token and so teaches nothing. Works on ``(T,)``
+    arrays or ``(B, T)`` with time last.
     """
-    next_inputs = jnp.concatenate([inputs[1:], inputs[-1:]])
+    next_inputs = jnp.concatenate([inputs[..., 1:], inputs[..., -1:]], axis=-1)
     scored = mask > 0
     teacher = jnp.where(scored, targets, next_inputs)
-    has_next = jnp.arange(inputs.shape[0]) < inputs.shape[0] - 1
+    length = inputs.shape[-1]
+    has_next = jnp.arange(length) < length - 1
     return teacher, (scored | has_next).astype(jnp.float32)
 
 
-def lifetime_logits(
-    net: PlasticRNN,
-    params: dict,
-    key: jax.Array,
-    inputs: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-):
-    """Run one lifetime over a sequence; return every step's logits and the weights.
+class Carry(NamedTuple):
+    stores: dict
+    h: jax.Array          # (B, N)
+    nll_baseline: jax.Array  # (B,)
+
+
+def _step(net: PlasticRNN, layers: dict[str, Synapses], noise_keys, emit: str,
+          carry: Carry, xs):
+    """One time step of B lifetimes: predict, score, then let every plastic matrix learn."""
+    t, token, target, teacher_token, teach_on = xs
+    stores = carry.stores
+    signals = {"token": token, "x": jax.nn.one_hot(token, net.vocab_size), "h_prev": carry.h}
+
+    def pre_of(layer, name):
+        return signals["token"] if layers[layer].reads_token else signals[name]
+
+    wiring = net.wiring()
+    h = jnp.tanh(layers["in"].drive(stores["in"], pre_of("in", "x"), t)
+                 + layers["rec"].drive(stores["rec"], carry.h, t))
+    readout_in = jnp.concatenate([h, jnp.ones_like(h[:, :1])], 1) if net.readout_bias else h
+    logits = layers["out"].drive(stores["out"], readout_in, t)
+    log_probs = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(log_probs, target[:, None], axis=1)[:, 0]
+    signals.update(
+        h=h, readout_in=readout_in, prediction=jnp.exp(log_probs),
+        teacher=jax.nn.one_hot(teacher_token, net.vocab_size) * teach_on[:, None],
+        reward=-(nll - carry.nll_baseline))
+
+    new_stores = dict(stores)
+    for index, layer in enumerate(LAYERS):
+        if layer not in net.plastic_layers:
+            continue
+        pre_name, post_name, mod_name = wiring[layer]
+        keys = None
+        if net.weight_noise > 0:
+            keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t), 3)[index])(
+                noise_keys)
+        new_stores[layer] = layers[layer].learn(
+            stores[layer], pre_of(layer, pre_name), signals[post_name],
+            None if mod_name is None else signals[mod_name], t, keys)
+
+    baseline = 0.9 * carry.nll_baseline + 0.1 * nll
+    if emit == "logits":
+        out = logits
+    else:
+        out = (nll, (jnp.argmax(logits, axis=1) == target).astype(jnp.float32))
+    return Carry(new_stores, h, baseline), out
+
+
+def run_lifetimes(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, targets, mask,
+                  emit: str = "stats", dense: bool = False):
+    """B lifetimes, one per sequence, in one ``lax.scan`` over time.
 
     Args:
       net: static configuration.
       params: ``init_params``-shaped pytree (one member).
-      key: draws this lifetime's initial weights (unless evolved) and weight noise.
-      inputs, targets, mask: ``(T,)`` arrays of one sequence (see ``plastix.tasks``).
+      draws: `LifetimeDraws` of the B lifetimes (`lifetime_draws`).
+      inputs, targets, mask: ``(B, T)`` arrays (see ``plastix.tasks``).
+      emit: "stats" for per-step ``(nll, correct)``, each ``(B, T)``; "logits" for
+        ``(B, T, V)`` logits.
+      dense: update every plastic matrix through ``rule.update`` (the reference layout).
 
     Returns:
-      ``(logits (T, V), (w_start, w_end))``: logits[t] is the prediction made
-      before any teaching signal of step t was seen.
+      ``(outputs, (w_start, w_end))``; ``outputs[:, t]`` is the prediction made before
+      any teaching signal of step t was seen; weights are ``{layer: (B, n_post, n_pre)}``.
     """
-    init_key, noise_key = jax.random.split(key)
-    weights = params["w0"] if net.evolve_init else draw_weights(net, init_key)
-    rule_states = {layer: net.rule(layer).init(weights[layer]) for layer in net.plastic_layers}
-    carry = Carry(weights, rule_states, jnp.zeros(net.hidden_size), jnp.zeros(()))
+    layers = layer_synapses(net, params, dense)
+    w0 = start_weights(net, params, draws)
+    batch, length = inputs.shape
+    carry = Carry({layer: layers[layer].init(w0[layer]) for layer in LAYERS},
+                  jnp.zeros((batch, net.hidden_size)), jnp.zeros(batch))
     teacher, teach_on = teaching_signal(inputs, targets, mask)
-    steps = jnp.arange(inputs.shape[0])
-    step_fn = functools.partial(_step, net, rule_coeffs(net, params), noise_key)
-    final, logits = jax.lax.scan(step_fn, carry, (steps, inputs, targets, teacher, teach_on))
-    return logits, (weights, final.weights)
+    xs = (jnp.arange(length), inputs.T, targets.T, teacher.T, teach_on.T)
+    step = functools.partial(_step, net, layers, draws.noise_keys, emit)
+    # Only the last step can lack a teacher (every earlier step has a next token), so
+    # the scan learns unconditionally and the readout's last update is kept or dropped
+    # per sequence afterwards, instead of gating every step's update.
+    before_last, outputs = jax.lax.scan(step, carry, jax.tree.map(lambda x: x[:-1], xs))
+    final, last = step(before_last, jax.tree.map(lambda x: x[-1], xs))
+    if "out" in net.plastic_layers:
+        keep = teach_on[:, -1] > 0
+        final.stores["out"] = jax.tree.map(
+            lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            final.stores["out"], before_last.stores["out"])
+    outputs = jax.tree.map(lambda seq, x: jnp.moveaxis(jnp.concatenate([seq, x[None]]), 0, 1),
+                           outputs, last)
+    w_end = {layer: layers[layer].weights(final.stores[layer], length) for layer in LAYERS}
+    return outputs, (w0, w_end)
+
+
+def lifetime_stats(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, targets,
+                   mask) -> LifetimeStats:
+    """`LifetimeStats` summed over B lifetimes' scored positions."""
+    (nll, correct), _ = run_lifetimes(net, params, draws, inputs, targets, mask)
+    return LifetimeStats(jnp.sum(nll * mask), jnp.sum(correct * mask), jnp.sum(mask))
+
+
+def mean_scores(stats: LifetimeStats) -> tuple[jax.Array, jax.Array]:
+    """Mean NLL (nats per scored token) and accuracy of summed `LifetimeStats`."""
+    count = jnp.maximum(stats.count, 1.0)
+    return stats.nll / count, stats.correct / count
+
+
+def lifetime_logits(net: PlasticRNN, params: dict, key: jax.Array, inputs, targets, mask):
+    """One lifetime over one ``(T,)`` sequence: ``(logits (T, V), (w_start, w_end))``.
+
+    ``key`` draws the lifetime's initial weights (unless evolved) and weight noise, as
+    `evaluate` does for a batch of one sequence.
+    """
+    draws = lifetime_draws(net, key, 1)
+    logits, (w_start, w_end) = run_lifetimes(
+        net, params, draws, inputs[None], targets[None], mask[None], emit="logits")
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    return logits[0], (first(w_start), first(w_end))
 
 
 def lifetime(net: PlasticRNN, params: dict, key: jax.Array, inputs, targets, mask):
     """``LifetimeStats`` of one lifetime (arguments as for ``lifetime_logits``)."""
-    logits, _ = lifetime_logits(net, params, key, inputs, targets, mask)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
-    correct = (jnp.argmax(logits, axis=1) == targets).astype(jnp.float32)
-    return LifetimeStats(
-        nll=jnp.sum(nll * mask), correct=jnp.sum(correct * mask), count=jnp.sum(mask)
-    )
-
-
-def _step(net: PlasticRNN, coeffs: dict, noise_key, carry: Carry, xs):
-    """One time step: predict, score, then let every plastic matrix learn."""
-    t, token, target, teacher_token, teach_on = xs
-    w = carry.weights
-    x = jax.nn.one_hot(token, net.vocab_size)
-    h = jnp.tanh(w["in"] @ x + w["rec"] @ carry.h)
-    readout_pre = jnp.append(h, 1.0) if net.readout_bias else h
-    logits = w["out"] @ readout_pre
-    log_probs = jax.nn.log_softmax(logits)
-    nll = -log_probs[target]
-
-    teacher = jax.nn.one_hot(teacher_token, net.vocab_size) * teach_on
-    readout_post = teacher if net.readout_sees_teacher() else jnp.exp(log_probs)
-    reward = -(nll - carry.nll_baseline)
-    hidden_mod = reward if net.modulation == "reward" else None
-    pre_post_mod = {
-        "in": (x, h, hidden_mod),
-        "rec": (carry.h, h, hidden_mod),
-        "out": (readout_pre, readout_post, teacher),
-    }
-    layer_keys = jax.random.split(jax.random.fold_in(noise_key, t), len(LAYERS))
-    new_w, new_states = dict(w), dict(carry.rule_states)
-    for layer, layer_key in zip(LAYERS, layer_keys):
-        if layer not in net.plastic_layers:
-            continue
-        pre, post, mod = pre_post_mod[layer]
-        dw, new_states[layer] = net.rule(layer).update(
-            coeffs[layer], carry.rule_states[layer], w[layer], pre, post, mod
-        )
-        if layer == "out":  # no teacher, no readout learning (the final step)
-            dw = dw * teach_on
-        updated = w[layer] + dw
-        if net.weight_noise > 0:
-            updated = updated + net.weight_noise * jax.random.normal(layer_key, updated.shape)
-        new_w[layer] = normalise_weights(updated, net.normalise)
-
-    baseline = 0.9 * carry.nll_baseline + 0.1 * nll
-    return Carry(new_w, new_states, h, baseline), logits
+    return lifetime_stats(net, params, lifetime_draws(net, key, 1), inputs[None], targets[None],
+                          mask[None])
 
 
 def evaluate(net: PlasticRNN, params: dict, key: jax.Array, inputs, targets, mask):
@@ -313,8 +607,12 @@ def evaluate(net: PlasticRNN, params: dict, key: jax.Array, inputs, targets, mas
     Non-finite NLL (divergent plastic weights) is passed through for the
     caller to contain.
     """
-    keys = jax.random.split(key, inputs.shape[0])
-    one_lifetime = functools.partial(lifetime, net, params)
-    stats = jax.vmap(one_lifetime)(keys, inputs, targets, mask)
-    count = jnp.maximum(jnp.sum(stats.count), 1.0)
-    return jnp.sum(stats.nll) / count, jnp.sum(stats.correct) / count
+    draws = lifetime_draws(net, key, inputs.shape[0])
+    return mean_scores(lifetime_stats(net, params, draws, inputs, targets, mask))
+
+
+def synapse_updates_per_lifetime(net: PlasticRNN, length: int) -> int:
+    """Plastic synapses times update steps of one lifetime of ``length`` steps: the unit of
+    the throughput figures (synapse updates per second)."""
+    shapes = net.weight_shapes()
+    return length * sum(shapes[layer][0] * shapes[layer][1] for layer in net.plastic_layers)

@@ -507,6 +507,25 @@ def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 1
     return Task("text", len(symbols), seq_len, _batched(sample_one), symbols)
 
 
+def random_tokens(vocab_size: int = 65, seq_len: int = 100) -> Task:
+    """I.i.d. uniform tokens, every position scored: nothing to learn, loss ln(V) at best.
+
+    The throughput benchmarks' workload (`benchmarks/bench_es.py`): the shapes of
+    character text without a corpus. ``inputs = w[:T]``, ``targets = w[1:]`` of a window
+    ``w`` of ``T + 1`` tokens, as for "text".
+    """
+    vocab_size = _check_count("random_tokens vocab_size", vocab_size, 2)
+    seq_len = _check_count("random_tokens seq_len", seq_len, 1)
+
+    def sample_one(key, split):
+        del split  # the split is already folded into the key
+        window = jax.random.randint(key, (seq_len + 1,), 0, vocab_size, jnp.int32)
+        return window[:-1], window[1:], jnp.ones(seq_len, jnp.float32)
+
+    symbols = tuple(f"<{i}>" for i in range(vocab_size))
+    return Task("random_tokens", vocab_size, seq_len, _batched(sample_one), symbols)
+
+
 # ---------------------------------------------------------------------- pixels
 
 
@@ -611,6 +630,7 @@ REGISTRY: dict[str, Callable[..., Task]] = {
     "copy": copy,
     "text": text,
     "pixels": pixels,
+    "random_tokens": random_tokens,
 }
 
 

@@ -8,14 +8,15 @@ with Adam (Kingma & Ba 2015) after clipping the global gradient norm (Pascanu et
 
 Pieces, each a small pure function: :func:`make_optimizer`, :func:`loss_and_metrics`,
 :func:`make_update` (one optimiser step on a given batch), :func:`make_train_step` (sample a
-batch on device and update, jitted), :func:`make_evaluate` (jitted), checkpoint save/restore,
-and :func:`fit`, the host loop that logs, evaluates and checkpoints.
+batch on device and update, jitted), :func:`make_evaluate` (jitted), and :func:`fit`, the
+host loop that logs, evaluates and checkpoints into a :mod:`plastix.runs` run directory.
 
 Resuming loses nothing: the batch of step i is drawn from ``fold_in(data_key, i)``, so it
 depends on the step only, never on how many processes ran before; a checkpoint holds
 (step, params, optimiser state) and is written atomically; on resume, metrics records past the
 checkpoint are dropped and recomputed. N straight steps and N/2 + kill + resume give
-bit-identical parameters.
+bit-identical parameters. A directory whose saved config differs from the run's (in anything
+but ``steps``) is not resumed but refused.
 
 Example:
     >>> task = tasks.get("assoc_retrieval")
@@ -27,22 +28,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import optax
 
-from plastix import tasks
+from plastix import runs, tasks
 
-CHECKPOINT = "checkpoint.msgpack"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
+# config.json keys a resumed run may set afresh: more steps extend a finished run.
+MAY_CHANGE_ON_RESUME = ("train.steps",)
+# Record fields that measure speed, not results: they differ between equal runs.
+TIMING_FIELDS = ("steps_per_s",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,48 +136,37 @@ def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
     return jax.jit(evaluate, static_argnames="split")
 
 
-def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
-    """Write ``state`` atomically: a kill mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(jax.device_get(state)))
-    os.replace(tmp, path)
+def run_config(model, task, config: TrainConfig, experiment: Mapping | None = None) -> dict:
+    """What defines a run, as saved in ``config.json``: ``{"experiment": ..., "train": ...}``.
 
-
-def restore_checkpoint(path: str | os.PathLike, template: TrainState) -> TrainState:
-    """Read a checkpoint into the structure (and dtypes) of ``template``."""
-    return flax.serialization.from_bytes(template, Path(path).read_bytes())
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop records logged after ``step``: the resumed run logs them again."""
-    kept = [r for r in read_metrics(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    ``experiment`` describes what built the model and the task (e.g. a model name, its
+    hyperparameters and the task's ``tasks.get`` kwargs). Without it they describe
+    themselves: the model by its (flax dataclass) fields, the task by name and shapes.
+    """
+    if experiment is None:
+        experiment = {"model": model, "task": {"name": task.name, "vocab_size": task.vocab_size,
+                                               "seq_len": task.seq_len}}
+    return runs.config_dict({"experiment": experiment, "train": config})
 
 
 def _to_floats(metrics: dict) -> dict:
     return {name: float(value) for name, value in metrics.items()}
 
 
-@functools.lru_cache(maxsize=4)
 def _compiled_functions(model, task, config: TrainConfig) -> tuple[Callable, Callable]:
     """(train_step, evaluate) of a run, cached so that a run resumed in the same process
-    (or fitted again with the same model, task and config) does not compile again."""
-    optimizer = make_optimizer(config.learning_rate, config.clip_norm)
-    return (make_train_step(model, task, optimizer, config.batch_size),
-            make_evaluate(model, task, config.batch_size, config.eval_batches))
+    (or fitted again, or extended, with the same model, task and settings) does not compile
+    again: the key holds only the settings the compiled code depends on."""
+    return _compile(model, task, config.learning_rate, config.clip_norm, config.batch_size,
+                    config.eval_batches)
+
+
+@functools.lru_cache(maxsize=4)
+def _compile(model, task, learning_rate: float, clip_norm: float, batch_size: int,
+             eval_batches: int) -> tuple[Callable, Callable]:
+    optimizer = make_optimizer(learning_rate, clip_norm)
+    return (make_train_step(model, task, optimizer, batch_size),
+            make_evaluate(model, task, batch_size, eval_batches))
 
 
 def fit(
@@ -185,26 +175,37 @@ def fit(
     config: TrainConfig,
     run_dir: str | os.PathLike,
     *,
+    experiment: Mapping | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> TrainState:
     """Train ``model`` on ``task`` for ``config.steps`` steps, resuming from ``run_dir``.
 
-    Writes to ``run_dir``: ``config.json``, ``metrics.jsonl`` (one record per log / eval,
-    ``{"step", "split", "loss", "accuracy", ...}``) and ``checkpoint.msgpack``.
-    Returns the final :class:`TrainState`.
+    Writes to ``run_dir`` (a :mod:`plastix.runs` run directory): ``config.json``
+    (:func:`run_config`, with ``experiment`` describing the model and task),
+    ``metrics.jsonl`` (one record per log / eval, ``{"step", "split", "loss", "accuracy",
+    ...}``) and ``checkpoint.msgpack`` (``{"step", "state": TrainState}``). A directory
+    with a checkpoint is resumed if its saved config equals this run's but for ``steps``,
+    and refused (ValueError naming the keys) otherwise. Returns the final
+    :class:`TrainState`.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    metrics_path, checkpoint_path = run_dir / METRICS, run_dir / CHECKPOINT
+    checkpoint_path = run_dir / runs.CHECKPOINT
+    resume = checkpoint_path.exists()
+    cfg_dict = run_config(model, task, config, experiment)
+    # config.json of runs from before this layout held the TrainConfig alone: only the
+    # training settings of such a run can be compared.
+    upgrade = lambda saved: saved if "train" in saved else {**cfg_dict, "train": saved}
+    runs.check_config(run_dir, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade)
+    runs.write_config(run_dir, cfg_dict)
+    log = runs.MetricsLog(run_dir / runs.METRICS, step_key="step")
 
     optimizer = make_optimizer(config.learning_rate, config.clip_norm)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     state = init_state(init_key, model, task.seq_len, optimizer)
-    if checkpoint_path.exists():
-        state = restore_checkpoint(checkpoint_path, state)
+    if resume:
+        state, _ = runs.load_checkpoint(checkpoint_path, state)
         print_fn(f"resumed from {checkpoint_path} at step {int(state.step)}")
-    _keep_metrics_up_to(metrics_path, int(state.step))
+    log.truncate_to(int(state.step))  # the resumed run logs later steps again
 
     train_step, evaluate = _compiled_functions(model, task, config)
 
@@ -215,18 +216,17 @@ def fit(
         if step % config.log_every == 0 or step == config.steps:
             mean = _to_floats(jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m)), *window))
             rate = len(window) / (time.perf_counter() - window_start)
-            _append_metrics(metrics_path, {"step": step, "split": "train", **mean,
-                                           "steps_per_s": rate})
+            log.append({"step": step, "split": "train", **mean, "steps_per_s": rate})
             print_fn(f"step {step:>7}  loss {mean['loss']:.4f}  acc {mean['accuracy']:.4f}"
                      f"  |g| {mean['grad_norm']:.2f}  {rate:.0f} steps/s")
             window, window_start = [], time.perf_counter()
         if step % config.eval_every == 0 or step == config.steps:
             scores = _to_floats(evaluate(state.params, eval_key, "valid"))
-            _append_metrics(metrics_path, {"step": step, "split": "valid", **scores})
+            log.append({"step": step, "split": "valid", **scores})
             print_fn(f"step {step:>7}  valid loss {scores['loss']:.4f}"
                      f"  acc {scores['accuracy']:.4f}")
             if not window:  # keep evaluation time out of the next steps/s figure
                 window_start = time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(checkpoint_path, state)
+            runs.save_checkpoint(checkpoint_path, state, step)
     return state

@@ -83,3 +83,102 @@ def test_delta_start_is_the_delta_rule():
     args = es_abcd.parse_args(["--init-mean", "delta"])  # ABCD_lr has no teacher term
     with pytest.raises(ValueError, match="needs a readout rule with a teacher term"):
         es_abcd.initial_mean(es_abcd.build_net(args, 37), args)
+
+
+def test_resume_refuses_a_changed_es_setting_but_not_a_changed_budget(tmp_path):
+    from plastix import runs
+
+    out = str(tmp_path)
+    cfg, _ = es_abcd.parse_config(TINY + ["--out", out])
+    runs.write_config(out, runs.config_dict(cfg))  # as a run of these flags left it
+    with pytest.raises(ValueError, match=r"differs in: es\.lr_decay, es\.population\)"):
+        es_abcd.main(TINY + ["--out", out, "--resume", "--lr-decay", "0.9", "--pop", "8"])
+    allowed = with_flag(TINY, "--generations", "9") + ["--chunk-size", "2", "--no-plots"]
+    cfg, _ = es_abcd.parse_config(allowed + ["--out", out])
+    runs.check_config(out, runs.config_dict(cfg), True, es_abcd.MAY_CHANGE_ON_RESUME)
+
+
+def test_flat_config_of_older_runs_is_read_for_resume(tmp_path):
+    """Runs written before RunConfig saved their flags flat, ES ones by flag name."""
+    from plastix import runs
+
+    args = es_abcd.parse_args(TINY)
+    flat = {"task": "assoc_retrieval", "num_pairs": 2, "num_keys": None, "text_path": None,
+            "seq_len": None, "rule_in": "none", "rule_rec": "none", "rule_out": "ABCD_lr",
+            "hidden": 8, "pop": 4, "batch": 2, "l2": 0.0, "lr": 0.2, "sigma": 0.1,
+            "strategy": "Open_ES", "optimizer": "sgd", "eval_batch": 16, "log_every": 1,
+            "seed": 0, "init_mean": "defaults", "init_scale": 0.1, "granularity": "shared"}
+    current = runs.config_dict(es_abcd.run_config(args))
+    upgraded = es_abcd.upgrade_config(flat)
+    assert runs.config_diff(upgraded, current, es_abcd.MAY_CHANGE_ON_RESUME) == []
+    runs.write_config(tmp_path, flat)
+    with pytest.raises(ValueError, match=r"differs in: net\.hidden_size\)"):
+        es_abcd.main(with_flag(TINY, "--hidden", "16") + ["--out", str(tmp_path), "--resume"])
+
+
+def _non_default(flags, kwargs):
+    """A command-line value for one generated flag and the config value it must give."""
+    default = kwargs.get("default")
+    if kwargs.get("action") is not None:  # a bool field: --F / --no-F
+        return ([f"--no-{flags[0][2:]}"] if default else [flags[0]]), not default
+    if flags[0] == "--memory-budget-mb":
+        return [flags[0], "3"], 3 * es_abcd.MIB
+    if kwargs["type"] is str:
+        return [flags[0], "something_else"], "something_else"
+    if kwargs["type"] is es_abcd._json_value:  # a field of a type given as JSON
+        return [flags[0], "[1, 2]"], (1, 2)
+    value = kwargs["type"]((default or 1) * 2)
+    return [flags[0], str(value)], value
+
+
+def test_every_es_config_field_has_a_flag():
+    import dataclasses
+
+    from plastix import evolve
+
+    generated = es_abcd.es_flags()
+    assert [name for name, _, _ in generated] == [f.name for f in dataclasses.fields(evolve.ESConfig)]
+    for name, flags, kwargs in generated:
+        argv, expected = _non_default(flags, kwargs)
+        assert getattr(es_abcd.parse_args(argv), name) == expected, (name, argv)
+    spelled = {flags[0] for _, flags, _ in generated}
+    assert {"--pop", "--batch", "--lr", "--sigma", "--l2", "--strategy", "--optimizer",
+            "--eval-batch", "--chunk-size", "--memory-budget-mb", "--lr-decay", "--lr-min",
+            "--sigma-decay", "--sigma-min", "--antithetic"} <= spelled
+    args = es_abcd.parse_args(["--lr-decay", "0.9", "--no-antithetic", "--sigma-min", "0.05"])
+    cfg = es_abcd.build_es_config(args)
+    assert (cfg.lr_decay, cfg.antithetic, cfg.sigma_min) == (0.9, False, 0.05)
+
+
+def test_a_field_added_to_the_es_config_gets_a_flag():
+    import argparse
+    import dataclasses
+
+    from plastix import evolve
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(evolve.ESConfig):
+        """ES config with two more fields.
+
+        Attributes:
+          mean_decay: a float field added later.
+          elitist: a bool field added later.
+        """
+
+        mean_decay: float = 0.5
+        elitist: bool = False
+
+    parser = argparse.ArgumentParser()
+    es_abcd.add_es_flags(parser, Extended)
+    args = parser.parse_args(["--mean-decay", "0.25", "--elitist", "--pop", "6"])
+    cfg = es_abcd.build_es_config(args, Extended)
+    assert (cfg.mean_decay, cfg.elitist, cfg.population) == (0.25, True, 6)
+    assert "a float field added later" in parser.format_help()
+
+
+def test_large_coefficient_arrays_print_as_a_summary():
+    import numpy as np
+
+    assert es_abcd.summarise(np.array([1.23456, 2.0])) == [1.235, 2.0]
+    summary = es_abcd.summarise(np.arange(40.0).reshape(2, 20))
+    assert summary == {"shape": [2, 20], "mean": 19.5, "std": 11.54, "min": 0.0, "max": 39.0}

@@ -146,3 +146,65 @@ def test_chunked_population_evaluation_equals_unchunked():
     for chunked in results[1:]:
         np.testing.assert_allclose(chunked[0], results[0][0], rtol=1e-5)
         np.testing.assert_allclose(chunked[1], results[0][1], rtol=1e-5)
+
+
+def test_a_rule_written_here_unregistered_is_evolved():
+    """A rule value built in a notebook cell goes into a network layer and evolves."""
+    from plastix import rules
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w, mod  # teacher-gated Hebb with its own rate: eta * y x^T
+        return coeffs["eta"] * post[:, None] * pre[None, :], state
+
+    gated_hebb = rules.make_rule("gated_hebb", update, {"eta": 0.0})
+    assert "gated_hebb" not in rules.REGISTRY
+    net = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=16,
+                             layer_rules=(("out", gated_hebb),))
+    assert net.rule_names() == {"out": "gated_hebb"}
+    cfg = evolve.ESConfig(population=8, batch=8, sigma=0.5, lr=1.0, eval_batch=64)
+    evolution = evolve.make_evolution(net, TASK, cfg, jax.random.key(0))
+    state, history = evolve.evolve(evolution, seed=0, generations=10, log_every=10)
+    assert float(evolution.mean(state)["coeffs"]["out"]["eta"]) > 0.1  # learns to learn
+    assert history[-1]["valid_accuracy"] > 0.5
+
+
+def test_shared_noise_table_perturbations_are_antithetic_windows_of_the_table():
+    cfg = evolve.ESConfig(population=8, batch=4, noise_table=1000)
+    evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
+    state = evolution.init(jax.random.key(1))
+    population, _ = evolution.strategy.ask(jax.random.key(2), state, evolution.es_params)
+    z = (np.asarray(population) - np.asarray(state.mean)) / float(state.std)
+    np.testing.assert_allclose(z[0::2], -z[1::2], atol=1e-5)  # pairs side by side
+    table = np.asarray(evolution.es_params.noise_table)
+    dims = z.shape[1]
+    windows = np.lib.stride_tricks.sliding_window_view(table, dims)
+    for row in z[0::2]:
+        assert np.min(np.max(np.abs(windows - row), axis=1)) < 1e-4
+    assert jax.tree.leaves(state)[0].size < 1000  # the table is in the params, not the state
+
+
+def test_shared_noise_table_evolves_and_resumes_exactly(tmp_path):
+    cfg = evolve.ESConfig(population=16, batch=8, eval_batch=64, noise_table=4096)
+    evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
+    straight, history = evolve.evolve(evolution, seed=0, generations=30, log_every=15)
+    assert history[-1]["valid_accuracy"] > 0.9
+    evolve.evolve(evolution, seed=0, generations=15, out_dir=str(tmp_path), log_every=15)
+    resumed, _ = evolve.evolve(evolution, seed=0, generations=30, out_dir=str(tmp_path),
+                               log_every=15, resume=True)
+    np.testing.assert_array_equal(_mean_vector(evolution, straight),
+                                  _mean_vector(evolution, resumed))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"noise_table": -1}, "noise_table must be 0"),
+    ({"noise_table": 100, "strategy": "CMA_ES"}, "noise_table must be 0"),
+])
+def test_noise_table_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evolve.ESConfig(**kwargs)
+
+
+def test_noise_table_shorter_than_the_parameters_is_refused():
+    cfg = evolve.ESConfig(population=4, batch=2, noise_table=3)
+    with pytest.raises(ValueError, match="shorter than the"):
+        evolve.make_evolution(NET, TASK, cfg, jax.random.key(0)).strategy

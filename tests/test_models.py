@@ -156,3 +156,16 @@ def test_fast_weight_init_puts_memory_read_on_the_input_scale():
     # eta <h, h> ~ eta g^2 H / 2 ~ 1: one stored state is read back at about its own size.
     sq_norm = jnp.sum(h[:, -1] ** 2, axis=-1)
     assert 0.3 < float(jnp.mean(0.5 * sq_norm)) < 3.0
+
+
+def test_attention_store_forms_the_explicit_fast_matrix():
+    """The attention form is another store of the same fast_weight_ba layer: the matrix it
+    forms on demand equals the explicit store's A after the same writes."""
+    explicit = models.explicit_fast_weights(decay=0.9, fast_lr=0.5)
+    attention = models.attention_fast_weights(decay=0.9, fast_lr=0.5, max_len=6)
+    states = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    stores = [store.init(jnp.zeros((2, 4, 4))) for store in (explicit, attention)]
+    for h in states:
+        stores = [s.learn(st, h, h, None, None, None) for s, st in zip((explicit, attention), stores)]
+    np.testing.assert_allclose(attention.weights(stores[1], None), explicit.weights(stores[0], None),
+                               rtol=1e-5, atol=1e-6)

@@ -1,12 +1,22 @@
-"""Tests for plastix.train: checkpoints round-trip, and a killed run resumes losing nothing."""
+"""Tests for plastix.train: checkpoints round-trip, a killed run resumes losing nothing, and
+a run directory of other settings is refused (by train.fit and by fast_weights.py train)."""
 
+import dataclasses
+import functools
 import json
+import os
+import sys
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
 
-from plastix import models, tasks, train
+from plastix import models, runs, tasks, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import fast_weights  # noqa: E402
 
 
 class Killed(Exception):
@@ -14,6 +24,7 @@ class Killed(Exception):
     checkpoint and after step 15's metrics record has been written."""
 
 
+@functools.cache  # one model and task for every test: compiled once
 def _small_run():
     task = tasks.get("assoc_retrieval", num_pairs=2)
     model = models.make_model("rnn-ln", task.vocab_size, task.seq_len, 8, embed_dim=8,
@@ -29,7 +40,11 @@ def _kill_at_step_15(line):
 
 
 def _without_timing(records):
-    return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in train.TIMING_FIELDS} for r in records]
+
+
+def _metrics(run_dir):
+    return runs.MetricsLog(run_dir / runs.METRICS).read()
 
 
 def test_resume_after_kill_gives_identical_params_and_metrics(tmp_path):
@@ -45,9 +60,11 @@ def test_resume_after_kill_gives_identical_params_and_metrics(tmp_path):
     assert int(resumed.step) == int(straight.step) == 20
     for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
         np.testing.assert_array_equal(a, b)  # bit-identical, not merely close
-    assert json.loads((tmp_path / "killed" / train.CONFIG).read_text())["steps"] == 20
-    straight_log = train.read_metrics(tmp_path / "straight" / train.METRICS)
-    resumed_log = train.read_metrics(tmp_path / "killed" / train.METRICS)
+    assert json.loads((tmp_path / "killed" / runs.CONFIG).read_text())["train"]["steps"] == 20
+    assert ((tmp_path / "killed" / runs.CHECKPOINT).read_bytes()
+            == (tmp_path / "straight" / runs.CHECKPOINT).read_bytes())
+    straight_log = _metrics(tmp_path / "straight")
+    resumed_log = _metrics(tmp_path / "killed")
     assert _without_timing(resumed_log) == _without_timing(straight_log)
     steps = [(r["step"], r["split"]) for r in resumed_log]
     assert steps == [(5, "train"), (10, "train"), (10, "valid"), (15, "train"),
@@ -59,12 +76,54 @@ def test_checkpoint_round_trip(tmp_path):
     model, task, config = _small_run()
     optimizer = train.make_optimizer(config.learning_rate, config.clip_norm)
     state = train.init_state(jax.random.key(3), model, task.seq_len, optimizer)
-    train.save_checkpoint(tmp_path / "ckpt", state)
+    runs.save_checkpoint(tmp_path / "ckpt", state, 7)
+    # A run from before the shared format saved the bare TrainState.
+    (tmp_path / "old").write_bytes(flax.serialization.to_bytes(state))
     template = train.init_state(jax.random.key(4), model, task.seq_len, optimizer)
-    restored = train.restore_checkpoint(tmp_path / "ckpt", template)
-    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
-        np.testing.assert_array_equal(a, b)
+    for path, step in ((tmp_path / "ckpt", 7), (tmp_path / "old", 0)):
+        restored, saved_step = runs.load_checkpoint(path, template)
+        assert saved_step == step
+        for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+            np.testing.assert_array_equal(a, b)
     assert not (tmp_path / "ckpt.tmp").exists()
+
+
+def test_resume_with_other_settings_is_refused_but_more_steps_extend(tmp_path):
+    model, task, config = _small_run()
+    config = dataclasses.replace(config, steps=10)
+    quiet = dict(print_fn=lambda _: None)
+    train.fit(model, task, config, tmp_path, **quiet)
+    saved = (tmp_path / runs.CONFIG).read_text()
+
+    with pytest.raises(ValueError, match=r"differs in: train\.learning_rate\)") as refused:
+        train.fit(model, task, dataclasses.replace(config, learning_rate=0.1), tmp_path, **quiet)
+    assert str(tmp_path) in str(refused.value) and "\n" not in str(refused.value)
+    wider = models.make_model("rnn-ln", task.vocab_size, task.seq_len, 16, embed_dim=8,
+                              readout_features=0)
+    with pytest.raises(ValueError, match=r"experiment\.model\.cell\.features"):
+        train.fit(wider, task, config, tmp_path, **quiet)
+    assert (tmp_path / runs.CONFIG).read_text() == saved  # a refusal changes nothing
+
+    state = train.fit(model, task, dataclasses.replace(config, steps=20), tmp_path, **quiet)
+    assert int(state.step) == 20
+    assert [r["step"] for r in _metrics(tmp_path) if r["split"] == "valid"] == [10, 20]
+
+
+def test_fast_weights_train_refuses_a_run_directory_of_other_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_weights, "score_run", lambda *args, **kwargs: {})  # not tested here
+    flags = ["train", "--model", "rnn-ln", "--task", "mqar", "--hidden", "4", "--steps", "2",
+             "--batch-size", "4", "--log-every", "1", "--run-dir", str(tmp_path)]
+    fast_weights.main(flags)
+    saved = runs.read_config(tmp_path)
+    assert saved["experiment"]["hidden"] == 4 and saved["train"]["steps"] == 2
+    experiment, config = fast_weights.read_run(tmp_path)
+    assert experiment["model"] == "rnn-ln" and config.batch_size == 4
+
+    with pytest.raises(ValueError, match=r"experiment\.hidden"):
+        fast_weights.main(flags[:6] + ["8"] + flags[7:])
+    with pytest.raises(ValueError, match=r"train\.learning_rate"):
+        fast_weights.main(flags + ["--lr", "0.01"])
+    assert runs.read_config(tmp_path) == saved
 
 
 def test_config_rejects_checkpoints_off_the_logging_grid():

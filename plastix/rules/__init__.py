@@ -7,6 +7,12 @@ matrix ``w (n_post, n_pre)`` and one example; batching is the caller's ``vmap`` 
 (``()``, ``(n_post, 1)`` or ``(n_post, n_pre)``) choose shared, per-neuron or
 per-synapse values; `init_coeffs` builds them from a rule's defaults.
 
+A `Rule` is a hashable value that also declares what a network needs to know about it:
+``reads_target`` (error-driven: post is the layer's own output, mod the target),
+``effective_weights`` (the weights the forward pass uses) and ``outer_affine`` (the
+factors of a ``(a y + b) x^T + (c y + d)`` update). `get` returns equal rules for equal
+calls; `make_rule` builds a new one and `register` adds a factory to the registry.
+
 Example::
 
   from plastix import rules
@@ -16,12 +22,15 @@ Example::
 
 Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
 `competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
-`polynomial`, `error_driven` (delta, chl, generec, err_credit), `structural`
+`polynomial` (polynomial and its variants polynomial_mod, multilinear,
+multilinear_mod), `error_driven` (delta, chl, generec, err_credit), `structural`
 (hebbian_mask), `fast_weights` (fast_weight_ba, fast_weight_delta) and `modulation`
 (the `modulated` three-factor wrapper).
 """
 
-from plastix.rules._core import REGISTRY, Rule, get, init_coeffs
+from plastix.rules._core import (
+    REGISTRY, Coefficients, OuterAffine, Rule, get, init_coeffs, make_rule, register,
+)
 from plastix.rules.abcd import (
     A, ABC, ABC_lr, ABCD, ABCD_lr, ABCD_lr_D_in_and_out, ABCD_lr_D_out, AD, AD_lr,
 )
@@ -32,11 +41,15 @@ from plastix.rules.hebbian import (
     BCMState, CovarianceState, anti_hebb, bcm, covariance, hebb, hpca, oja, sanger,
 )
 from plastix.rules.modulation import EligibilityState, modulated
-from plastix.rules.polynomial import polynomial
+from plastix.rules.polynomial import multilinear, multilinear_mod, polynomial, polynomial_mod
 from plastix.rules.structural import HebbianMaskState, apply_mask, hebbian_mask
 
+# Fixed at import time: the helpers plus every rule registered by now. A rule
+# registered later is reachable through `get` but is not a module attribute, so it
+# stays out of the star-import.
 __all__ = [
-    "REGISTRY", "Rule", "get", "init_coeffs", "modulated", "apply_mask",
+    "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
+    "register", "modulated", "apply_mask",
     "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
     "HebbianMaskState", *REGISTRY,
 ]

@@ -7,11 +7,15 @@ shape ``term_shape + g`` where ``g`` is ``()`` (shared), ``(n_post, 1)`` (per po
 neuron) or ``(n_post, n_pre)`` (per synapse): rules index the leading term axes and let
 the trailing ``g`` axes broadcast against ``w``, so one code path serves every
 granularity.
+
+A `Rule` is a value: hashable and comparable, so it can sit in a frozen network
+configuration and be a static argument of ``jax.jit``. `get` returns the same `Rule`
+for the same name and hyperparameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -20,44 +24,144 @@ import numpy as np
 GRANULARITIES = ("shared", "post", "synapse")
 
 
+class Coefficients(Mapping):
+    """A read-only mapping coefficient name -> float32 ``np.ndarray`` of its term shape.
+
+    Equal (and hashing equal) when the names, shapes and values are; so a `Rule` holding
+    it is hashable. The arrays are private copies marked read-only, so neither the
+    caller's arrays nor later writes can change a hash.
+    """
+
+    __slots__ = ("_values", "_hash")
+
+    def __init__(self, values: Mapping[str, Any] = ()):
+        frozen = {}
+        for key, value in dict(values).items():
+            # + 0 copies, and turns -0.0 into 0.0, which compares equal and must hash equal.
+            array = np.asarray(value, np.float32) + np.float32(0.0)
+            array.setflags(write=False)
+            frozen[str(key)] = array
+        self._values = frozen
+        self._hash = hash(tuple((k, v.shape, v.tobytes()) for k, v in sorted(frozen.items())))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        if set(self) != set(other):
+            return False
+        for key, value in self._values.items():
+            theirs = np.asarray(other[key])
+            if theirs.shape != value.shape or not np.array_equal(theirs, value):
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{k!r}: {str(v) if v.ndim == 0 else f'<array {v.shape}>'}"
+            for k, v in self._values.items())
+        return f"Coefficients({{{shown}}})"
+
+
+class OuterAffine(NamedTuple):
+    """The factors of an update ``dw = (a y + b) x^T + (c y + d)`` (x = pre, y = post).
+
+    Each of ``a``, ``b``, ``c``, ``d`` broadcasts against ``w (n_post, n_pre)`` (shape
+    ``()``, ``(n_post, 1)`` or ``(n_post, n_pre)``), learning rate included; an absent
+    term is ``None`` so that callers skip it at trace time instead of adding zeros.
+    """
+
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+
+
 class Rule(NamedTuple):
     """A plasticity rule as a pair of pure functions plus its coefficient layout.
+
+    Hashable and comparable (every field is), so a `Rule` can live in a frozen config.
 
     Attributes:
         name: registry name (or a derived name such as ``"modulated(hebb)"``).
         init: ``init(w) -> state``; the rule's memory, ``()`` when it has none.
         update: ``update(coeffs, state, w, pre, post, mod=None) -> (dw, new_state)``.
-        default_coeffs: coefficient name -> ``np.ndarray`` of the term shape.
+        default_coeffs: `Coefficients`, name -> ``np.ndarray`` of the term shape.
         coeffs_per_synapse: total number of scalars per synapse (sum of term sizes).
+        reads_target: the rule is error-driven: its ``post`` must be the layer's own
+            output and its ``mod``, if read, the target (delta, chl, generec,
+            err_credit, polynomial with ``use_mod``). A readout under such a rule sees
+            its prediction as post and the teacher as mod.
+        effective_weights: ``effective_weights(w, state) -> w_eff``, the weights the
+            forward pass must use (e.g. ``w * mask``); ``None`` means ``w`` itself.
+        outer_affine: for rules whose update is exactly
+            ``dw = (a y + b) x^T + (c y + d)``, ``outer_affine(coeffs) -> OuterAffine``
+            with the learning rate folded in; ``None`` for every other rule.
     """
 
     name: str
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, Any]]
-    default_coeffs: dict[str, np.ndarray]
+    default_coeffs: Coefficients
     coeffs_per_synapse: int
+    reads_target: bool = False
+    effective_weights: Callable[[Any, Any], Any] | None = None
+    outer_affine: Callable[[Mapping[str, Any]], OuterAffine] | None = None
 
 
 REGISTRY: dict[str, Callable[..., Rule]] = {}
 
+# (name, factory, sorted hyperparameters) -> Rule: equal `get` calls return one value.
+_RULE_CACHE: dict[tuple, Rule] = {}
 
-def register(factory: Callable[..., Rule]) -> Callable[..., Rule]:
-    """Adds ``factory`` to `REGISTRY` under its ``__name__`` and returns it unchanged."""
-    if factory.__name__ in REGISTRY:
-        raise ValueError(f"rule {factory.__name__!r} is registered twice")
-    REGISTRY[factory.__name__] = factory
+
+def register(factory: Callable[..., Rule], name: str | None = None) -> Callable[..., Rule]:
+    """Adds ``factory`` to `REGISTRY` under ``name`` (default its ``__name__``).
+
+    Registering a name again replaces the factory, so a notebook cell that defines a
+    rule can be re-run; `get` then builds from the new factory. Rules already built
+    under other names stay cached, so configs holding them keep comparing equal.
+    Returns ``factory`` unchanged (usable as a decorator).
+    """
+    name = factory.__name__ if name is None else name
+    REGISTRY[name] = factory
+    for key in [key for key in _RULE_CACHE if key[0] == name]:
+        del _RULE_CACHE[key]
     return factory
 
 
 def get(name: str, **hyper) -> Rule:
     """Builds the registered rule ``name`` with hyperparameters ``hyper``.
 
+    Equal calls return the same `Rule` (cached until ``name`` is registered again), so two
+    ``get("oja")`` compare and hash equal and a jitted function taking the rule as a
+    static argument compiles once.
+
     Raises:
         ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names).
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown rule {name!r}; known rules: {sorted(REGISTRY)}")
-    return REGISTRY[name](**hyper)
+    factory = REGISTRY[name]
+    key = (name, factory, tuple(sorted(hyper.items())))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable hyperparameter: build without caching
+        return factory(**hyper)
+    if key not in _RULE_CACHE:
+        _RULE_CACHE[key] = factory(**hyper)
+    return _RULE_CACHE[key]
 
 
 def granularity_shape(w_shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:
@@ -96,14 +200,24 @@ def init_coeffs(rule: Rule, w_shape: tuple[int, int],
 
 
 def make_rule(name: str, update: Callable, default_coeffs: Mapping[str, Any],
-              init: Callable | None = None) -> Rule:
+              init: Callable | None = None, *, reads_target: bool = False,
+              effective_weights: Callable | None = None,
+              outer_affine: Callable | None = None) -> Rule:
     """Wraps a raw update with the shared trace-time checks and builds the `Rule`.
 
     The wrapped update validates ``w``, ``pre``, ``post``, ``mod`` and every coefficient
     shape (shapes are static, so this costs nothing after tracing) and casts ``dw`` to
-    ``w.dtype``.
+    ``w.dtype``. A given ``outer_affine`` is wrapped to check the coefficient names,
+    since a missing name would otherwise silently drop its term.
+
+    Args:
+        name: the rule's name, used in every error message.
+        update: ``update(coeffs, state, w, pre, post, mod) -> (dw, new_state)``.
+        default_coeffs: coefficient name -> value of the term shape.
+        init: ``init(w) -> state``; ``None`` for a rule without memory.
+        reads_target, effective_weights, outer_affine: see `Rule`.
     """
-    defaults = {k: np.asarray(v, np.float32) for k, v in default_coeffs.items()}
+    defaults = Coefficients(default_coeffs)
 
     def checked_update(coeffs, state, w, pre, post, mod=None):
         check_inputs(name, w, pre, post, mod)
@@ -111,11 +225,20 @@ def make_rule(name: str, update: Callable, default_coeffs: Mapping[str, Any],
         dw, new_state = update(coeffs, state, w, pre, post, mod)
         return dw.astype(w.dtype), new_state
 
+    checked_outer_affine = None
+    if outer_affine is not None:
+        def checked_outer_affine(coeffs):
+            check_coeff_names(name, defaults, coeffs)
+            return outer_affine(coeffs)
+
     return Rule(name=name,
                 init=init if init is not None else _no_state,
                 update=checked_update,
                 default_coeffs=defaults,
-                coeffs_per_synapse=int(sum(v.size for v in defaults.values())))
+                coeffs_per_synapse=int(sum(v.size for v in defaults.values())),
+                reads_target=bool(reads_target),
+                effective_weights=effective_weights,
+                outer_affine=checked_outer_affine)
 
 
 def _no_state(w):
@@ -151,9 +274,7 @@ def check_coeffs(name: str, defaults: Mapping[str, np.ndarray], coeffs,
     Each coefficient must be ``term_shape + g`` with ``g`` one of ``()``,
     ``(n_post, 1)``, ``(n_post, n_pre)`` for ``w_shape``.
     """
-    if not isinstance(coeffs, Mapping) or set(coeffs) != set(defaults):
-        got = sorted(coeffs) if isinstance(coeffs, Mapping) else type(coeffs).__name__
-        raise ValueError(f"rule {name!r}: coeffs must have keys {sorted(defaults)}, got {got}")
+    check_coeff_names(name, defaults, coeffs)
     allowed = [granularity_shape(w_shape, g) for g in GRANULARITIES]
     for key, default in defaults.items():
         term, shape = default.shape, jnp.shape(coeffs[key])
@@ -161,6 +282,13 @@ def check_coeffs(name: str, defaults: Mapping[str, np.ndarray], coeffs,
             raise ValueError(
                 f"rule {name!r}: coefficient {key!r} has shape {shape}; for w {tuple(w_shape)} "
                 f"expected {term} + one of {allowed}")
+
+
+def check_coeff_names(name: str, defaults: Mapping[str, np.ndarray], coeffs) -> None:
+    """Raises ValueError unless ``coeffs`` is a mapping with exactly the rule's names."""
+    if not isinstance(coeffs, Mapping) or set(coeffs) != set(defaults):
+        got = sorted(coeffs) if isinstance(coeffs, Mapping) else type(coeffs).__name__
+        raise ValueError(f"rule {name!r}: coeffs must have keys {sorted(defaults)}, got {got}")
 
 
 def require_mod(name: str, mod, what: str):

@@ -8,13 +8,30 @@ with some terms absent: a variant without ``eta`` adds the bracket directly, and
 sits inside the learning rate (their ``D_in``) while ``D_out`` sits outside. The
 variant -> terms table below mirrors ``hebbian_update_<variant>`` in
 github.com/enajx/HebbianMetaLearning (``hebbian_weights_update.py``), where ``ABCD_lr``
-is ``hebbian_update_ABCD_lr_D_in``. Their coefficient vector for a synapse is
-``[A, B, C, eta, D_in, D_out]`` (absent terms skipped); here coefficients are named.
+is ``hebbian_update_ABCD_lr_D_in``. Here coefficients are named; their per-synapse
+coefficient vector, in their index order, is
+
+==========================  ==================================
+``A``                       ``[A]`` (a scalar, not a vector)
+``AD``                      ``[A, D]``
+``AD_lr``                   ``[A, D, eta]``
+``ABC``                     ``[A, B, C]``
+``ABC_lr``                  ``[A, B, C, eta]``
+``ABCD``                    ``[A, B, C, D]``
+``ABCD_lr``                 ``[A, B, C, eta, D]``
+``ABCD_lr_D_out``           ``[A, B, C, eta, D_out]``
+``ABCD_lr_D_in_and_out``    ``[A, B, C, eta, D, D_out]``
+==========================  ==================================
 
 Their flat index for synapse (post j, pre i) is ``i * n_post + j`` (pre-major); plastix
 stores per-synapse coefficients as ``(n_post, n_pre)`` arrays, flattened in C order
 (post-major) by ``ravel_pytree``. Convert with ``.reshape(n_pre, n_post).T`` when
 loading their evolved coefficients.
+
+Every variant's update is an outer product plus a per-row term,
+``dw = (a y + b) x^T + (c y + d)`` with ``a = eta A``, ``b = eta B``, ``c = eta C``,
+``d = eta D + D_out``; `abcd_outer_affine` returns those factors (`Rule.outer_affine`),
+so a caller can fuse the update into its own matrix products.
 
 Reference:
   Najarro & Risi, "Meta-Learning through Hebbian Plasticity in Random Networks",
@@ -23,9 +40,10 @@ Reference:
 
 from __future__ import annotations
 
-from plastix.rules._core import Rule, make_rule, outer, register
+from plastix.rules._core import OuterAffine, Rule, make_rule, outer, register
 
-# variant -> coefficient names; which of A, B, C, D, eta, D_out each variant has.
+# variant -> coefficient names: which of A, B, C, D, eta, D_out each variant has, in the
+# column order of the reference code's per-synapse vector (plastix.najarro reads it so).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "A": ("A",),
     "AD": ("A", "D"),
@@ -33,9 +51,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "ABC": ("A", "B", "C"),
     "ABC_lr": ("A", "B", "C", "eta"),
     "ABCD": ("A", "B", "C", "D"),
-    "ABCD_lr": ("A", "B", "C", "D", "eta"),
+    "ABCD_lr": ("A", "B", "C", "eta", "D"),  # their hebbian_update_ABCD_lr_D_in
     "ABCD_lr_D_out": ("A", "B", "C", "eta", "D_out"),
-    "ABCD_lr_D_in_and_out": ("A", "B", "C", "D", "eta", "D_out"),
+    "ABCD_lr_D_in_and_out": ("A", "B", "C", "eta", "D", "D_out"),
 }
 
 
@@ -59,6 +77,25 @@ def abcd_update(coeffs, pre, post):
     return dw
 
 
+def abcd_outer_affine(coeffs) -> OuterAffine:
+    """The factors of `abcd_update` as ``dw = (a y + b) x^T + (c y + d)``.
+
+    ``a = eta A``, ``b = eta B``, ``c = eta C``, ``d = eta D + D_out``, each scaled by
+    ``eta`` only if the variant has it; a term whose coefficients are absent is ``None``.
+    """
+    eta = coeffs["eta"] if "eta" in coeffs else None
+
+    def scaled(key):
+        if key not in coeffs:
+            return None
+        return coeffs[key] if eta is None else eta * coeffs[key]
+
+    d = scaled("D")
+    if "D_out" in coeffs:
+        d = coeffs["D_out"] if d is None else d + coeffs["D_out"]
+    return OuterAffine(scaled("A"), scaled("B"), scaled("C"), d)
+
+
 def _defaults(terms):
     """Plain Hebb at rate 0.01: ``A`` carries the rate unless the variant has ``eta``."""
     has_lr = "eta" in terms
@@ -74,7 +111,7 @@ def _abcd_factory(variant: str):
             del w, mod
             return abcd_update(coeffs, pre, post), state
 
-        return make_rule(variant, update, _defaults(terms))
+        return make_rule(variant, update, _defaults(terms), outer_affine=abcd_outer_affine)
 
     factory.__name__ = factory.__qualname__ = variant
     factory.__doc__ = (

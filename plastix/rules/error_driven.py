@@ -6,6 +6,9 @@ Phases. CHL and GeneRec compare a *minus* phase (the network's own answer) with 
 minus phase; ``mod`` carries the plus phase: for GeneRec the plus-phase post
 activity ``(n_post,)``; for CHL either that (when the sending layer is the same in both
 phases, e.g. a clamped input) or a `PlusPhase` ``(pre, post)`` pair.
+
+Every rule here is error-driven (`Rule.reads_target`): ``post`` must be the layer's own
+answer, never a clamped target, and ``mod``, where read, carries the target.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def delta() -> Rule:
         target = require_mod("delta", mod, "the target for post")
         return coeffs["eta"] * outer(target - post, pre), state
 
-    return make_rule("delta", update, {"eta": 0.01})
+    return make_rule("delta", update, {"eta": 0.01}, reads_target=True)
 
 
 class PlusPhase(NamedTuple):
@@ -67,7 +70,7 @@ def chl() -> Rule:
                 f"{jnp.shape(post)} for w {jnp.shape(w)}")
         return coeffs["eta"] * (outer(plus_post, plus_pre) - outer(post, pre)), state
 
-    return make_rule("chl", update, {"eta": 0.01})
+    return make_rule("chl", update, {"eta": 0.01}, reads_target=True)
 
 
 @register
@@ -86,7 +89,7 @@ def generec() -> Rule:
         plus_post = require_mod("generec", mod, "plus-phase post activity")
         return coeffs["eta"] * outer(plus_post - post, pre), state
 
-    return make_rule("generec", update, {"eta": 0.01})
+    return make_rule("generec", update, {"eta": 0.01}, reads_target=True)
 
 
 class ErrCreditState(NamedTuple):
@@ -127,4 +130,6 @@ def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5) -> Rule:
         post_avg = state.post_avg + post_rate * err
         return coeffs["eta"] * err[:, None] * credit, ErrCreditState(credit, post_avg)
 
-    return make_rule("err_credit", update, {"eta": 0.01}, init)
+    # Error-driven without a target: the error is the receiver's own temporal difference,
+    # so post must be the layer's own output (a clamped teacher would have no error).
+    return make_rule("err_credit", update, {"eta": 0.01}, init, reads_target=True)

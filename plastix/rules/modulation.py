@@ -32,7 +32,9 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
         applies ``m`` to the immediate update.
 
     Returns:
-      A `Rule` named ``"modulated(<name>)"``.
+      A `Rule` named ``"modulated(<name>)"``, with the wrapped rule's
+      ``effective_weights``; not error-driven (``mod`` is a gate, not a target) and
+      without ``outer_affine`` (``m`` is not a coefficient).
 
     References:
       Fremaux & Gerstner, "Neuromodulated spike-timing-dependent plasticity, and theory
@@ -53,7 +55,8 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
             u, state = rule.update(coeffs, state, w, pre, post, None)
             return m * u, state
 
-        return make_rule(name, update, rule.default_coeffs, rule.init)
+        return make_rule(name, update, rule.default_coeffs, rule.init,
+                         effective_weights=rule.effective_weights)
 
     def init(w):
         return EligibilityState(rule.init(w), jnp.zeros_like(w))
@@ -64,4 +67,17 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
         trace = trace_decay * state.trace + u
         return m * trace, EligibilityState(inner, trace)
 
-    return make_rule(name, update_traced, rule.default_coeffs, init)
+    return make_rule(name, update_traced, rule.default_coeffs, init,
+                     effective_weights=_on_inner_state(rule.effective_weights))
+
+
+def _on_inner_state(effective_weights):
+    """``effective_weights`` of the wrapped rule, reading its state from
+    `EligibilityState.inner`; ``None`` stays ``None``."""
+    if effective_weights is None:
+        return None
+
+    def on_inner(w, state: EligibilityState):
+        return effective_weights(w, state.inner)
+
+    return on_inner

@@ -1,5 +1,6 @@
 """The general polynomial rule: a learnable combination of every product of powers
-0..2 of pre, post and w (and optionally 0..1 of the modulatory signal)."""
+0..2 of pre, post and w (and optionally 0..1 of the modulatory signal), and its named
+variants `polynomial_mod`, `multilinear` and `multilinear_mod`."""
 
 from __future__ import annotations
 
@@ -80,11 +81,14 @@ def polynomial(use_mod: bool = False, degree: int = 2) -> Rule:
 
     Args:
       use_mod: add powers 0..1 of ``mod`` (then ``theta`` has a trailing term axis of
-        2 and ``mod`` is required).
+        2, ``mod`` is required and the rule is error-driven: `Rule.reads_target`).
       degree: highest power d of pre, post and w: 2 gives the 27 (54) terms of the
         meta-learned-plasticity literature; 1 gives 8 (16) multilinear terms, which
         still contain Hebb, decay, ABCD and the delta rule and cannot blow up
         quadratically in w.
+
+    The registry also names three variants: `polynomial_mod` (``use_mod=True``),
+    `multilinear` (``degree=1``) and `multilinear_mod` (both).
 
     References:
       Jordan, Schmidt, Senn, Petrovici, "Evolving interpretable plasticity for spiking
@@ -92,12 +96,58 @@ def polynomial(use_mod: bool = False, degree: int = 2) -> Rule:
       (re)discover plasticity rules that carve a desired function into a neural
       network", NeurIPS 2020.
     """
+    return _polynomial_rule("polynomial", use_mod, degree)
+
+
+@register
+def polynomial_mod() -> Rule:
+    """`polynomial` with the teaching factor: ``polynomial(use_mod=True)``, 54 terms.
+
+    ``dw = eta * sum_{i,j,k in 0..2, l in 0..1} theta[i,j,k,l] x^i y^j w^k m^l``
+
+    ``mod`` (the target, e.g. a readout's teacher) is required; ``post`` is the layer's
+    own output, so the rule is error-driven (`Rule.reads_target`).
+
+    References:
+      as `polynomial`: Jordan et al., eLife (2021); Confavreux et al., NeurIPS 2020.
+    """
+    return _polynomial_rule("polynomial_mod", use_mod=True, degree=2)
+
+
+@register
+def multilinear() -> Rule:
+    """`polynomial` of degree 1: ``polynomial(degree=1)``, 8 terms.
+
+    ``dw = eta * sum_{i,j,k in 0..1} theta[i,j,k] x^i y^j w^k``
+
+    References:
+      as `polynomial`: Jordan et al., eLife (2021); Confavreux et al., NeurIPS 2020.
+    """
+    return _polynomial_rule("multilinear", use_mod=False, degree=1)
+
+
+@register
+def multilinear_mod() -> Rule:
+    """`polynomial` of degree 1 with the teaching factor:
+    ``polynomial(degree=1, use_mod=True)``, 16 terms.
+
+    ``dw = eta * sum_{i,j,k,l in 0..1} theta[i,j,k,l] x^i y^j w^k m^l``
+
+    ``mod`` (the target) is required; the rule is error-driven (`Rule.reads_target`).
+
+    References:
+      as `polynomial`: Jordan et al., eLife (2021); Confavreux et al., NeurIPS 2020.
+    """
+    return _polynomial_rule("multilinear_mod", use_mod=True, degree=1)
+
+
+def _polynomial_rule(name: str, use_mod: bool, degree: int) -> Rule:
+    """The polynomial rule of ``degree`` (with ``mod`` if ``use_mod``) named ``name``."""
     if degree not in (1, 2):
-        raise ValueError(f"rule 'polynomial': degree must be 1 or 2, got {degree!r}")
+        raise ValueError(f"rule {name!r}: degree must be 1 or 2, got {degree!r}")
     term_shape = (degree + 1,) * 3 + ((2,) if use_mod else ())
     theta = np.zeros(term_shape, np.float32)
     theta[(1, 1, 0, 0) if use_mod else (1, 1, 0)] = 1.0
-    name = "polynomial"
 
     def update(coeffs, state, w, pre, post, mod):
         if use_mod:
@@ -111,4 +161,5 @@ def polynomial(use_mod: bool = False, degree: int = 2) -> Rule:
             dw = jnp.sum(weights * basis, axis=tuple(range(theta.ndim)))
         return coeffs["eta"] * dw, state
 
-    return make_rule(name, update, {"theta": theta, "eta": 0.01})
+    # With mod, m is the target the polynomial can compare post with (delta is in it).
+    return make_rule(name, update, {"theta": theta, "eta": 0.01}, reads_target=use_mod)

@@ -15,6 +15,11 @@ class HebbianMaskState(NamedTuple):
     mask: jnp.ndarray   # (n_post, n_pre) 1.0 = connected, 0.0 = pruned
 
 
+def apply_mask(w, state: HebbianMaskState):
+    """The effective weights ``w * mask`` of a `hebbian_mask` state."""
+    return w * state.mask
+
+
 @register
 def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
                  limit: float = 2.0) -> Rule:
@@ -24,8 +29,8 @@ def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
     ``mask <- 0 where h < prune_below;  1 where h > regrow_above;  else unchanged``
 
     The rule changes connectivity, not strength: ``dw = 0`` and the mask lives in the
-    state (`HebbianMaskState`); the caller uses ``apply_mask(w, state)`` as the
-    effective weights. Between the two thresholds the mask keeps its value
+    state (`HebbianMaskState`); the forward pass must use ``apply_mask(w, state)``,
+    which is the rule's ``effective_weights``. Between the two thresholds the mask keeps its value
     (hysteresis), so a synapse does not flicker; clipping ``h`` to ``[-limit, limit]``
     keeps a long-agreeing synapse able to be pruned after ``~2 limit / rate`` steps.
 
@@ -54,9 +59,5 @@ def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
                          jnp.where(value > regrow_above, 1.0, state.mask)).astype(w.dtype)
         return jnp.zeros_like(w), HebbianMaskState(value, mask)
 
-    return make_rule("hebbian_mask", update, {"rate": 0.1}, init)
-
-
-def apply_mask(w, state: HebbianMaskState):
-    """The effective weights ``w * mask`` of a `hebbian_mask` state."""
-    return w * state.mask
+    return make_rule("hebbian_mask", update, {"rate": 0.1}, init,
+                     effective_weights=apply_mask)

@@ -1,0 +1,69 @@
+"""Where a population runs: one device policy for the main job, the benchmarks and tests.
+
+* **CPU**: every core is its own XLA device (`use_all_cpu_cores`), and a population is
+  evaluated one member per device at a time (`default_chunk`). A member's lifetime state
+  (B copies of its plastic matrices, 1.6 MB at N = 128, V = 65, B = 8) then stays in its
+  core's L2 cache for the whole lifetime; one device would instead split every small
+  per-step op over the cores and stream the state through memory.
+* **GPU / TPU**: the whole population is in flight at once (plain ``vmap``), sharded over
+  the local devices; ``--chunk-size`` / ``--memory-budget-mb`` bound the memory when it
+  does not fit.
+
+In both cases the population's evaluation is split over the largest number of local
+devices that divides it (`population_devices`), so any population size runs. On CPU the
+population itself stays whole on every device (`shard_population`): the CPU devices share
+one memory, and moving a population between them (a copy per device, then an all-gather
+for evosax's best-member bookkeeping in ``tell``) costs more than ask and tell themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+
+_FORCE_FLAG = "xla_force_host_platform_device_count"
+
+
+def use_all_cpu_cores(count: int | None = None) -> int | None:
+    """Expose ``count`` (default: every core) CPU devices; returns the count set, or None.
+
+    Must run before JAX initialises its backends: before the first ``jax.devices()`` or
+    computation, and before importing ``plastix.evolve`` (importing evosax's algorithms
+    runs JAX code). Afterwards it warns and leaves the devices as they are; when
+    ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count`` (as the
+    multi-device tests do) it leaves them silently. It changes nothing on GPU/TPU, whose
+    CPU backend is unused.
+    """
+    if _FORCE_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return None
+    count = count or os.cpu_count() or 1
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialised: keep what is there
+        if jax.device_count() < count:
+            warnings.warn(f"JAX started before plastix.devices.use_all_cpu_cores(): running on "
+                          f"{jax.device_count()} device(s), not {count}; call it first",
+                          stacklevel=2)
+        return None
+    return count
+
+
+def population_devices(population: int, devices=None) -> list:
+    """The largest leading slice of ``devices`` (default: all local ones) whose size
+    divides ``population``, so every device evaluates the same number of members."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    count = max(d for d in range(1, len(devices) + 1) if population % d == 0)
+    return devices[:count]
+
+
+def default_chunk(n_devices: int) -> int | None:
+    """Members evaluated at once: one per device on CPU, all of them (None) elsewhere."""
+    return n_devices if jax.default_backend() == "cpu" else None
+
+
+def shard_population() -> bool:
+    """Whether ask and tell hold the population split over the devices (GPU/TPU), or
+    whole on every device while only its evaluation is split (CPU)."""
+    return jax.default_backend() != "cpu"

@@ -1,0 +1,259 @@
+"""Run directories, shared by both outer loops (ES in ``plastix.evolve``, gradient descent
+in ``plastix.train``).
+
+A run directory holds
+
+    config.json          what defines the run (a nested dict, written atomically)
+    checkpoint.msgpack   {"step": int, "state": state dict} (flax msgpack, written atomically)
+    metrics.jsonl        one JSON record per line, appended and fsynced as the run goes
+
+and nothing in it is ever rewritten in place: a new config or checkpoint goes to a
+temporary file that is fsynced and renamed over the old one, and dropping metrics records
+rewrites the kept ones the same way. A kill at any instant therefore leaves each file
+either as it was or as it was meant to become; the one exception, the metrics record being
+appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` drops.
+
+Resuming means: refuse if the saved config differs from the current one in any key the
+caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
+metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.msgpack"
+METRICS = "metrics.jsonl"
+
+
+# --- atomic files ------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: str | os.PathLike) -> None:
+    # Makes a rename durable; not every platform can open a directory, hence best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data``: a temporary file, fsynced, then renamed over it."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+def _jsonable(x: Any) -> Any:
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        # Fields hidden from repr are bookkeeping (e.g. a flax module's parent), not config.
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.repr}
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if callable(x):  # a function or class in a config (an activation, an initialiser)
+        name = getattr(x, "__qualname__", None) or getattr(x, "__name__", None)
+        return name or type(x).__name__
+    raise TypeError(f"cannot write a {type(x).__name__} into a run config: {x!r}")
+
+
+def config_dict(cfg: Any) -> dict:
+    """A run config (nested frozen dataclasses, mappings, tuples) as the nested dict that
+    ``config.json`` holds: tuples become lists and functions their names, so the dict
+    equals what reading the file back gives."""
+    out = _jsonable(cfg)
+    if not isinstance(out, dict):
+        raise TypeError(f"a run config must be a dataclass or a mapping, got {type(cfg).__name__}")
+    return out
+
+
+def write_config(run_dir: str | os.PathLike, cfg_dict: Mapping) -> None:
+    """Write ``cfg_dict`` to ``run_dir/config.json`` atomically (sorted keys, indented)."""
+    os.makedirs(run_dir, exist_ok=True)
+    text = json.dumps(cfg_dict, indent=1, sort_keys=True) + "\n"
+    atomic_write(os.path.join(run_dir, CONFIG), text.encode())
+
+
+def read_config(run_dir: str | os.PathLike) -> dict | None:
+    """``run_dir/config.json``, or None if there is none."""
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _declared(key: str, may_change: Iterable[str]) -> bool:
+    # A declared key covers everything below it ("es" would cover "es.chunk_size").
+    return any(key == m or key.startswith(f"{m}.") for m in may_change)
+
+
+def config_diff(saved: Mapping, current: Mapping, may_change: Iterable[str] = ()) -> list[str]:
+    """Dotted paths of the keys (leaves) where ``saved`` and ``current`` differ, less those
+    under a ``may_change`` path; a key present in only one of them differs."""
+    a, b = _flatten(saved), _flatten(current)
+    may_change = tuple(may_change)
+    return sorted(k for k in set(a) | set(b)
+                  if (k not in a or k not in b or a[k] != b[k]) and not _declared(k, may_change))
+
+
+def check_config(
+    run_dir: str | os.PathLike,
+    cfg_dict: Mapping,
+    resume: bool,
+    may_change: Iterable[str] = (),
+    upgrade: Callable[[dict], dict] | None = None,
+) -> None:
+    """Refuse to resume ``run_dir`` if its saved config differs from ``cfg_dict``.
+
+    Args:
+      run_dir: the run directory.
+      cfg_dict: the current run's config (``config_dict(cfg)``).
+      resume: whether the run continues from ``run_dir``'s checkpoint; a fresh run
+        replaces whatever the directory held, so nothing is checked then.
+      may_change: dotted keys (``"generations"``, ``"es.chunk_size"``) that a resumed
+        run may set afresh: its budget, or settings that change speed or memory but not
+        results.
+      upgrade: maps a saved config of an older layout to the current one.
+
+    Raises:
+      ValueError: one line naming the directory and the differing keys.
+    """
+    saved = read_config(run_dir) if resume else None
+    if saved is None:
+        return
+    if upgrade is not None:
+        saved = upgrade(saved)
+    changed = config_diff(saved, cfg_dict, may_change)
+    if changed:
+        raise ValueError(
+            f"{os.fspath(run_dir)} holds a run with a different configuration (differs in: "
+            f"{', '.join(changed)}); resume it with the same settings or use another directory"
+        )
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Any, step: int) -> None:
+    """Write ``{"step": step, "state": payload}`` (any pytree) atomically as flax msgpack."""
+    record = {"step": int(step),
+              "state": flax.serialization.to_state_dict(jax.device_get(payload))}
+    atomic_write(path, flax.serialization.msgpack_serialize(record))
+
+
+def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, int]:
+    """Read a checkpoint written by :func:`save_checkpoint` into ``template``'s structure.
+
+    Returns ``(state, step)``, the state's leaves as jax arrays. Checkpoints of the
+    formats used before this one are read too: ``{"generation", "state"}`` (ES) and a
+    bare state dict with a ``"step"`` entry (the gradient path's ``TrainState``).
+    """
+    with open(path, "rb") as f:
+        record = flax.serialization.msgpack_restore(f.read())
+    if "state" in record:
+        state_dict, step = record["state"], record.get("step", record.get("generation"))
+    else:
+        state_dict, step = record, record["step"]
+    state = flax.serialization.from_state_dict(template, state_dict)
+    return jax.tree.map(jnp.asarray, state), int(step)
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, each carrying its step under ``step_key``.
+
+    Records are only ever appended (flushed and fsynced each), or the file is replaced
+    whole (:meth:`truncate_to`), so a kill leaves at most a torn last line.
+    """
+
+    def __init__(self, path: str | os.PathLike, step_key: str = "step"):
+        self.path = os.fspath(path)
+        self.step_key = step_key
+
+    def append(self, record: Mapping) -> None:
+        """Add one record as one line."""
+        line = (json.dumps(record) + "\n").encode()
+        with open(self.path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self, upto_step: int | None = None, step_key: str | None = None) -> list[dict]:
+        """The records, oldest first; with ``upto_step`` only those at or before it.
+
+        A last line that is not valid JSON is a record torn by a kill and is dropped;
+        an invalid line before it is damage this log cannot explain, and raises.
+        """
+        if not os.path.exists(self.path):
+            return []
+        key = self.step_key if step_key is None else step_key
+        with open(self.path, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):  # torn by a kill mid-append
+                    break
+                raise ValueError(f"{self.path}:{number} is not a JSON record") from None
+        if upto_step is not None:
+            records = [r for r in records if r[key] <= upto_step]
+        return records
+
+    def truncate_to(self, step: int) -> list[dict]:
+        """Keep only the records at or before ``step`` (those a resumed run will not log
+        again); returns them. The file is replaced atomically, never edited in place."""
+        kept = self.read(upto_step=step)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        return kept
