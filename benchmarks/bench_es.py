@@ -204,7 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is kept")
     parser.add_argument("--chunk", type=int, default=None,
                         help="members evaluated at once (0: the whole population); default "
-                             "the device policy's: one per device on CPU, all on GPU/TPU")
+                             "the device policy's: two per device on CPU, all on GPU/TPU")
     parser.add_argument("--memory-budget", type=float, default=None,
                         help="bytes the evaluation may use; picks the chunk size")
     parser.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ working set, as XLA's compiled memory analysis reports it, fits a byte budget; a
 
 The chunk size is also a speed knob. A GPU wants the largest chunk that fits (every
 member in flight at once); a CPU core wants a chunk whose state stays in its cache (for
-the plastic lifetime, one member per core: see `plastix.devices`).
+the plastic lifetime, two members per core: see `plastix.devices`).
 """
 
 from __future__ import annotations

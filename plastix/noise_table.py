@@ -3,11 +3,12 @@
 A generation of OpenAI-ES perturbs the mean with one Gaussian vector per member pair,
 ``theta_i = mu + sigma z_i``. With per-synapse coefficients a vector has 10^5 - 10^6
 entries, and drawing fresh Gaussians (``jax.random.normal``, a counter-based hash per
-number) can cost as much as evaluating the whole population on a CPU. Salimans et al.
-(2017, Sec. 2.1, "shared noise table") instead draw ``z_i`` as a window of one long
+number) can cost as much as a third of evaluating the population on a CPU. Salimans et al.
+(2017, their "shared noise table") instead draw ``z_i`` as a window of one long
 table of Gaussian noise, fixed at the start: ``z_i = table[o_i : o_i + D]`` with a
 random offset ``o_i``. Sampling is then a copy; the windows of different members are
-independent as vectors (their overlaps are shifted copies, uncorrelated entry by entry).
+uncorrelated (where two overlap, one is a shifted copy of the other, and its entries
+meet different entries of the other window).
 
 `SharedNoiseOpen_ES` is evosax's ``Open_ES`` with only the sampling step replaced: its
 ``tell``, optimiser, schedules, fitness shaping and state are evosax's. The table lives

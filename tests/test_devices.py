@@ -13,7 +13,7 @@ from plastix import devices, evolve, plastic, tasks
 def test_every_core_is_a_device_under_the_policy():
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         assert jax.device_count() == (os.cpu_count() or 1)
-    assert devices.default_chunk(jax.device_count()) == jax.device_count()
+    assert devices.default_chunk(jax.device_count()) == 2 * jax.device_count()
 
 
 @pytest.mark.parametrize("population, available, used", [(64, 4, 4), (6, 4, 3), (7, 4, 1),
