@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -401,7 +401,6 @@ class InputColumns(NamedTuple):
 
 def one_hot_columns(terms: rules_lib.OuterAffine, shape: tuple[int, int]) -> Synapses:
     """An outer-affine rule on a one-hot pre: O(n_post) per step (module docstring)."""
-    n_post, n_pre = shape
     # Transposed to (n_pre, n_post) so that a token selects a contiguous row.
     terms_t = rules_lib.OuterAffine(
         *(None if x is None else jnp.broadcast_to(x, shape).T for x in terms))
