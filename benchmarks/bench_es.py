@@ -108,9 +108,7 @@ def best_time(fn, *args, repeats: int, budget_s: float = float("inf")
 def generation_seconds(evolution: evolve.Evolution, generations: int, repeats: int) -> float:
     """Best time per generation of ``Evolution.run`` (ask, every lifetime, tell), the
     compiled block es_abcd.py runs between two log lines, compilation excluded."""
-    state = evolution.init(jax.random.key(0))
-    placement = NamedSharding(evolution.mesh, PartitionSpec())
-    state = jax.device_put(state, placement)
+    state = evolution.place(evolution.init(jax.random.key(0)))
     run = lambda s: evolution.run(s, jax.random.key(1), 0, generations)[0]
     seconds, _ = best_time(run, state, repeats=repeats + 1)  # the first run compiles
     return seconds / generations

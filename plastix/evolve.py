@@ -348,6 +348,13 @@ class Evolution:
         """The search mean as an ``init_params`` pytree."""
         return self.unravel(self.strategy.get_mean(state))
 
+    def place(self, state):
+        """``state`` as a block of `run` returns it: strong dtypes, whole on every device of
+        the mesh. The initial state is weakly typed on one device and a loaded one is
+        neither, so each would otherwise compile the block again."""
+        placement = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, x.dtype), placement), state)
+
     def _shard(self, population):
         sharding = NamedSharding(self.mesh, PartitionSpec("pop"))
         return jax.lax.with_sharding_constraint(population, sharding)
@@ -355,15 +362,12 @@ class Evolution:
     def population_scores(self, population, key: jax.Array, split: str = "train"):
         """NLL and accuracy of every member on one shared batch (common random numbers).
 
-        ``population``: ``(P, D)`` flat parameter vectors as ``strategy.ask`` gives them,
-        or a pytree of ``init_params`` leaves with a leading ``P`` axis.
+        ``population``: ``(P, D)`` flat parameter vectors, as ``strategy.ask`` gives them.
         The sequences and the lifetimes' initial weights are drawn once, outside the
         population map, and every member reads the same ones. The population is
         evaluated in chunks: ``cfg.chunk_size`` or ``cfg.memory_budget`` if set, else
         the device policy's default (`plastix.devices.default_chunk`).
         """
-        if not isinstance(population, jax.Array) or population.ndim != 2:
-            population = jax.vmap(lambda member: ravel_pytree(member)[0])(population)
         data_key, life_key = jax.random.split(key)
         data = self.task.sample(data_key, self.cfg.batch, split)
         draws = plastic.lifetime_draws(self.net, life_key, self.cfg.batch)
@@ -504,11 +508,7 @@ def evolve(
             # A fresh run: a later --resume must not pick up the previous run's state.
             os.remove(ckpt_path)
         history = log.truncate_to(start)  # the resumed run logs later blocks again
-    # Give every starting state the type of a block's output (strong dtypes, placed on the
-    # mesh): the initial state is weakly typed on one device and a loaded one is neither,
-    # so each would otherwise compile the block again.
-    placement = NamedSharding(evolution.mesh, PartitionSpec())
-    state = jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, x.dtype), placement), state)
+    state = evolution.place(state)
 
     updates_per_lifetime = plastic.synapse_updates_per_lifetime(evolution.net,
                                                                 evolution.task.seq_len)

@@ -433,13 +433,15 @@ def one_hot_columns(terms: rules_lib.OuterAffine, shape: tuple[int, int]) -> Syn
     return Synapses("one_hot_columns", init, drive, learn, weights, reads_token=True)
 
 
-def synapses_for(net: PlasticRNN, layer: str, coeffs: dict | None) -> Synapses:
-    """The cheapest exact storage of one matrix for this rule, input and settings."""
-    one_hot_pre = net.wiring()[layer].pre == "x"
+def synapses_for(net: PlasticRNN, layer: str, coeffs: dict | None,
+                 dense: bool = False) -> Synapses:
+    """The cheapest exact storage of one matrix for this rule, input and settings;
+    ``dense=True`` the plain one (weights, ``rule.update``) the others are tested against."""
+    one_hot_pre = net.wiring()[layer].pre == "x" and not dense
     if layer not in net.plastic_layers:
         return fixed_columns() if one_hot_pre else fixed_synapses()
     rule = net.rule(layer)
-    if rule.outer_affine is None or rule.effective_weights is not None:
+    if dense or rule.outer_affine is None or rule.effective_weights is not None:
         return dense_synapses(rule, coeffs, net.weight_noise, net.normalise)
     terms = rule.outer_affine(coeffs)
     if one_hot_pre and net.weight_noise == 0 and net.normalise == "none":
@@ -451,11 +453,7 @@ def layer_synapses(net: PlasticRNN, params: dict, dense: bool = False) -> dict[s
     """Every matrix's store; ``dense=True`` forces ``rule.update`` on every plastic one
     (the reference the fused layouts are tested against)."""
     coeffs = rule_coeffs(net, params)
-    if dense:
-        return {layer: dense_synapses(net.rule(layer), coeffs[layer], net.weight_noise,
-                                      net.normalise) if layer in net.plastic_layers
-                else fixed_synapses() for layer in LAYERS}
-    return {layer: synapses_for(net, layer, coeffs.get(layer)) for layer in LAYERS}
+    return {layer: synapses_for(net, layer, coeffs.get(layer), dense) for layer in LAYERS}
 
 
 # --- the lifetime -----------------------------------------------------------------------

@@ -225,7 +225,7 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
 
-    def read(self, upto_step: int | None = None, step_key: str | None = None) -> list[dict]:
+    def read(self, upto_step: int | None = None) -> list[dict]:
         """The records, oldest first; with ``upto_step`` only those at or before it.
 
         A last line that is not valid JSON is a record torn by a kill and is dropped;
@@ -233,7 +233,6 @@ class MetricsLog:
         """
         if not os.path.exists(self.path):
             return []
-        key = self.step_key if step_key is None else step_key
         with open(self.path, "rb") as f:
             lines = f.read().decode(errors="replace").splitlines()
         records = []
@@ -247,7 +246,7 @@ class MetricsLog:
                     break
                 raise ValueError(f"{self.path}:{number} is not a JSON record") from None
         if upto_step is not None:
-            records = [r for r in records if r[key] <= upto_step]
+            records = [r for r in records if r[self.step_key] <= upto_step]
         return records
 
     def truncate_to(self, step: int) -> list[dict]:
