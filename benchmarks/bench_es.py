@@ -9,8 +9,10 @@ logits = W_out h_t, y = softmax(logits), NLL of the next token, then W_in learns
 uniform tokens (`tasks.random_tokens`: the shapes of character text without a corpus).
 
 What is timed is `plastix.evolve.Evolution.population_scores` -- the function every ES
-generation of ``experiments/es_abcd.py`` calls, with the same device policy
-(`plastix.devices`) and default chunking -- on a population as ES asks for it.
+generation of ``experiments/es_abcd.py`` calls, with the same ES defaults, device policy
+(`plastix.devices`) and default chunking -- on the members `Evolution.ask` gives (with
+OpenAI-ES on its shared noise table, each member's vector is built inside the
+evaluation, so that is timed too).
 
     python benchmarks/bench_es.py [--pop 64 --batch 8 --seq-len 100 --hidden 128 --vocab 65]
 
@@ -30,6 +32,7 @@ from plastix import devices
 devices.use_all_cpu_cores()  # the device policy of es_abcd.py: before JAX initialises
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
@@ -47,7 +50,7 @@ FLOPS_PER_SYNAPSE_STEP = 11  # 2 for the matrix-vector product, 9 for the ABCD_l
 
 def make_evolution(pop: int, batch: int, seq_len: int, hidden: int, vocab: int,
                    chunk: int | None = None, memory_budget: int | None = None,
-                   seed: int = 0, noise_table: int = 0) -> evolve.Evolution:
+                   seed: int = 0, noise_table: int | None = None) -> evolve.Evolution:
     """The workload as an ES run: the network, task and config es_abcd.py would build for
     ``--task text --rule-in/rec/out ABCD_lr --granularity synapse --readout-post prediction``.
 
@@ -57,20 +60,34 @@ def make_evolution(pop: int, batch: int, seq_len: int, hidden: int, vocab: int,
     net = plastic.PlasticRNN(
         vocab_size=vocab, hidden_size=hidden, granularity="synapse", readout_post="prediction",
         layer_rules=tuple((layer, "ABCD_lr") for layer in plastic.LAYERS))
-    cfg = evolve.ESConfig(population=pop, batch=batch, memory_budget=memory_budget,
+    # A small search std keeps every member's lifetime finite (the PyTorch comparison
+    # checks fitness); the cost of a lifetime does not depend on it.
+    cfg = evolve.ESConfig(population=pop, batch=batch, memory_budget=memory_budget, sigma=0.01,
                           chunk_size=pop if chunk == 0 else chunk, noise_table=noise_table)
     task = tasks.random_tokens(vocab, seq_len)
     return evolve.make_evolution(net, task, cfg, jax.random.key(seed))
 
 
-def make_population(evolution: evolve.Evolution, key: jax.Array, sigma: float = 0.01):
-    """A population as ES asks for it: ``(P, D)`` flat parameter vectors, the ABCD_lr
-    defaults plus ``sigma`` Gaussian noise, placed as a generation holds it
-    (`plastix.devices.shard_population`)."""
-    mean = evolution.init(key).mean
-    noise = jax.random.normal(key, (evolution.cfg.population,) + mean.shape)
-    spec = PartitionSpec("pop") if devices.shard_population() else PartitionSpec()
-    return jax.device_put(mean + sigma * noise, NamedSharding(evolution.mesh, spec))
+def ask(evolution: evolve.Evolution, key: jax.Array):
+    """A generation's members as es_abcd.py's ES asks for them from its initial state,
+    placed as a generation holds them: ``(population, decode)`` (`Evolution.ask`)."""
+    state = evolution.place(evolution.init(key))
+    population, decode, _ = evolution.ask(state, key)
+    return population, decode
+
+
+def evaluation(evolution: evolve.Evolution, key: jax.Array):
+    """The timed function, ``(key) -> per-member NLL``: `Evolution.population_scores` on
+    the members `ask` gives, jitted with the strategy's params as an argument (as
+    `Evolution.run` passes them, so a noise table is not folded in as a constant)."""
+    state = evolution.place(evolution.init(key))
+
+    @jax.jit
+    def nll(state, es_params, eval_key):
+        population, decode, _ = evolution.ask(state, key, es_params)
+        return evolution.population_scores(population, eval_key, decode=decode).nll
+
+    return functools.partial(nll, state, evolution.es_params)
 
 
 def synapse_updates(evolution: evolve.Evolution) -> int:
@@ -79,14 +96,18 @@ def synapse_updates(evolution: evolve.Evolution) -> int:
     return evolution.cfg.population * evolution.cfg.batch * per_lifetime
 
 
-def workload_inputs(evolution: evolve.Evolution, population, key: jax.Array) -> dict:
-    """What `Evolution.population_scores(population, key)` reads, as NumPy arrays (for the
+def workload_inputs(evolution: evolve.Evolution, population_key: jax.Array,
+                    key: jax.Array) -> dict:
+    """What ``evaluation(evolution, population_key)(key)`` reads, as NumPy arrays (for the
     PyTorch comparison): per-member coefficients ``{layer: {name: (P, n_post, n_pre)}}``
     as the rules see them, initial weights ``{layer: (B, n_post, n_pre)}`` and the
     ``(B, T + 1)`` token windows."""
     data_key, life_key = jax.random.split(key)
     inputs, targets, _ = evolution.task.sample(data_key, evolution.cfg.batch, "train")
     draws = plastic.lifetime_draws(evolution.net, life_key, evolution.cfg.batch)
+    population, decode = ask(evolution, population_key)
+    if decode is not None:
+        population = jax.vmap(decode)(population)
     coeffs = jax.vmap(lambda flat: plastic.rule_coeffs(evolution.net, evolution.unravel(flat)))(
         population)
     tokens = jnp.concatenate([inputs, targets[:, -1:]], axis=1)
@@ -136,28 +157,27 @@ def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: in
         chunk: int | None = None, memory_budget: int | None = None, seed: int = 0,
         roofline: bool = True, budget_s: float = float("inf"),
         profile_dir: str | None = None, generations: int = 0,
-        noise_table: int = 0) -> tuple[dict, np.ndarray]:
+        noise_table: int | None = None) -> tuple[dict, np.ndarray]:
     """Times the workload; returns the JSON record (see the module docstring) and the
     population's fitness (mean NLL per member). Timed runs stop early once they have
     taken ``budget_s`` seconds (the large points of `scaling.py`). With ``profile_dir``,
     one more run is traced there with ``jax.profiler`` (per-op times, e.g. in Perfetto).
     With ``generations``, whole ES generations are timed too, blocks of that many (with
-    OpenAI-ES on a shared table of ``noise_table`` floats if not 0)."""
+    ``noise_table`` as ``ESConfig.noise_table``: None its default, 0 fresh noise)."""
     load_before = os.getloadavg()[0]
     evolution = make_evolution(pop, batch, seq_len, hidden, vocab, chunk, memory_budget, seed,
                                noise_table)
-    population = make_population(evolution, jax.random.key(seed + 1))
+    fitness = evaluation(evolution, jax.random.key(seed + 1))
     key = jax.random.key(seed + 2)
-    fitness = jax.jit(lambda p, k: evolution.population_scores(p, k)[0])
 
     start = time.perf_counter()
-    compiled = fitness.lower(population, key).compile()
-    nll = jax.block_until_ready(compiled(population, key))
+    compiled = fitness.func.lower(*fitness.args, key).compile()
+    nll = jax.block_until_ready(compiled(*fitness.args, key))
     compile_seconds = time.perf_counter() - start
-    seconds, times = best_time(compiled, population, key, repeats=repeats, budget_s=budget_s)
+    seconds, times = best_time(fitness, key, repeats=repeats, budget_s=budget_s)
     if profile_dir is not None:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            jax.block_until_ready(compiled(population, key))
+            jax.block_until_ready(fitness(key))
     updates = synapse_updates(evolution)
     record = {
         "benchmark": "bench_es",
@@ -179,7 +199,7 @@ def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: in
         "load_average": [load_before, os.getloadavg()[0]],
     }
     if generations:
-        per_generation = generation_seconds(evolution, generations, repeats=2)
+        per_generation = generation_seconds(evolution, generations, repeats=repeats)
         record["noise_table"] = noise_table
         record["generation_seconds"] = per_generation
         record["generation_synapse_updates_per_s"] = updates / per_generation
@@ -212,9 +232,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generations", type=int, default=0,
                         help="also time whole ES generations (ask, lifetimes, tell), in "
                              "compiled blocks of this many, as es_abcd.py runs them")
-    parser.add_argument("--noise-table", type=int, default=0,
-                        help="with --generations: OpenAI-ES on a shared noise table of this "
-                             "many floats")
+    parser.add_argument("--noise-table", type=int, default=None,
+                        help="OpenAI-ES's shared noise table, as es_abcd.py's flag: floats "
+                             "in it (default: ESConfig's), 0 for fresh Gaussian noise")
     return parser
 
 

@@ -125,11 +125,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sizes = (args.pop, args.batch, args.seq_len, args.hidden, args.vocab)
     plastix, plastix_fitness = bench_es.run(*sizes, repeats=args.repeats, chunk=args.chunk,
-                                            seed=args.seed, roofline=args.roofline)
+                                            seed=args.seed, roofline=args.roofline,
+                                            noise_table=args.noise_table)
     # The very inputs bench_es timed: same population, initial weights and tokens.
-    evolution = bench_es.make_evolution(*sizes, chunk=args.chunk, seed=args.seed)
-    population = bench_es.make_population(evolution, bench_es.jax.random.key(args.seed + 1))
-    inputs = bench_es.workload_inputs(evolution, population, bench_es.jax.random.key(args.seed + 2))
+    evolution = bench_es.make_evolution(*sizes, chunk=args.chunk, seed=args.seed,
+                                        noise_table=args.noise_table)
+    inputs = bench_es.workload_inputs(evolution, bench_es.jax.random.key(args.seed + 1),
+                                      bench_es.jax.random.key(args.seed + 2))
     coeffs, weights = writable_copy(inputs["coeffs"]), writable_copy(inputs["weights"])
     tokens = torch.from_numpy(np.array(inputs["tokens"])).long()
     updates = bench_es.synapse_updates(evolution)

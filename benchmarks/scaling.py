@@ -20,7 +20,6 @@ import pathlib
 
 import bench_es  # first: it configures the XLA devices before JAX initialises
 import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
@@ -41,11 +40,9 @@ def unchunked_bytes(sizes: dict) -> int:
     """`batching.compiled_bytes` of the population evaluated in one chunk (plain ``vmap``
     over the whole population), compiled but not run."""
     evolution = bench_es.make_evolution(**sizes, chunk=0)
-    size = sum(x.size for x in jax.tree.leaves(evolution.solution))
-    population = jax.ShapeDtypeStruct((sizes["pop"], size), jnp.float32)
+    fitness = bench_es.evaluation(evolution, jax.random.key(0))
     key = jax.eval_shape(lambda: jax.random.key(0))
-    fitness = jax.jit(lambda p, k: evolution.population_scores(p, k)[0])
-    return batching.compiled_bytes(fitness.lower(population, key).compile())
+    return batching.compiled_bytes(fitness.func.lower(*fitness.args, key).compile())
 
 
 def sweep(name: str, values: list[int], repeats: int) -> list[dict]:

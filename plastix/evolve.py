@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import evosax.algorithms
 import evosax.core.fitness_shaping as evosax_shaping
@@ -45,6 +45,14 @@ from plastix import devices as devices_lib
 STRATEGIES: dict[str, type] = dict(evosax.algorithms.algorithms)
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
 NONFINITE_MARGIN = 1.0  # how far behind the worst finite member a divergent one ranks
+
+
+class Scores(NamedTuple):
+    """Per-member results of one generation's evaluation, each ``(P,)``."""
+
+    nll: jax.Array
+    accuracy: jax.Array
+    penalty: jax.Array  # the L2 fitness penalty (`l2_penalty`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +81,13 @@ class ESConfig:
       l2_penalty, l2_reduce: fitness += l2_penalty * sum(theta^2) ("sum") or
         l2_penalty * mean(theta^2) ("mean", Najarro & Risi: 0.01); see `l2_penalty`.
       antithetic: mirrored sampling (z, -z) where the strategy supports it.
-      noise_table: Open_ES only: draw each perturbation as a window of one shared table
-        of this many N(0, 1) floats (Salimans et al. 2017; `plastix.noise_table`)
-        instead of fresh Gaussians; 0 (default) draws fresh ones. Sampling becomes a
-        copy, which matters when the parameters are many (per-synapse coefficients).
+      noise_table: Open_ES draws each perturbation as a window of one shared table of
+        this many N(0, 1) floats (Salimans et al. 2017; `plastix.noise_table`); None
+        (default) sizes it by `noise_table_size`; 0 draws fresh Gaussians instead. A
+        window is a copy where a fresh draw hashes a counter per number, and a member
+        named by its window is built where it is evaluated, which matters when the
+        parameters are many (per-synapse coefficients). Other strategies sample their
+        own way and take None or 0.
       eval_batch: held-out sequences scored when reporting the ES mean.
       chunk_size, memory_budget: evaluate the population ``chunk_size`` members
         at a time, or in the largest chunks whose compiled working set fits
@@ -99,7 +110,7 @@ class ESConfig:
     l2_penalty: float = 0.0
     l2_reduce: str = "sum"
     antithetic: bool = True
-    noise_table: int = 0
+    noise_table: int | None = None
     eval_batch: int = 512
     chunk_size: int | None = None
     memory_budget: int | None = None
@@ -130,9 +141,11 @@ class ESConfig:
         if self.fitness_shaping != "default" and not _accepts(self.strategy, "fitness_shaping_fn"):
             raise ValueError(f"ES strategy {self.strategy!r} takes no fitness shaping; "
                              f"use fitness_shaping='default'")
-        if self.noise_table < 0 or (self.noise_table and self.strategy != "Open_ES"):
-            raise ValueError(f"noise_table must be 0 (off) or a table size for Open_ES, got "
-                             f"{self.noise_table} with strategy {self.strategy!r}")
+        if self.noise_table is not None and (
+                self.noise_table < 0 or (self.noise_table and self.strategy != "Open_ES")):
+            raise ValueError(f"noise_table must be None (default), 0 (fresh noise) or a "
+                             f"table size for Open_ES, got {self.noise_table} with "
+                             f"strategy {self.strategy!r}")
         if not self.sigma_lag and not _accepts(self.strategy, "std_schedule"):
             raise ValueError(f"ES strategy {self.strategy!r} has no sigma schedule; "
                              f"sigma_lag=False needs one")
@@ -201,6 +214,21 @@ def _std_on_schedule(cls: type) -> type:
     return OnSchedule
 
 
+def noise_table_size(cfg: ESConfig, dims: int) -> int:
+    """Floats in the shared noise table of a run searching ``dims`` parameters; 0: none.
+
+    ``cfg.noise_table`` if set; by default, for Open_ES, the power of two at or above
+    100 floats per parameter (Salimans et al. 2017: 250M floats for 10^5 - 10^6
+    parameters), within [2^20, 2^28] (4 MiB to 1 GiB) and at least two windows long.
+    """
+    if cfg.noise_table is not None:
+        return cfg.noise_table
+    if cfg.strategy != "Open_ES":
+        return 0
+    per_parameter = 1 << max(math.ceil(math.log2(100 * dims)), 0)
+    return max(min(max(per_parameter, 2**20), 2**28), 2 * dims)
+
+
 def make_strategy(cfg: ESConfig, solution: Any):
     """Build the evosax algorithm and its params for a solution template pytree."""
     kwargs: dict[str, Any] = {}
@@ -209,9 +237,10 @@ def make_strategy(cfg: ESConfig, solution: Any):
             decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min, cfg.floor_mode)
         )
     strategy_cls = STRATEGIES[cfg.strategy]
-    if cfg.noise_table:
+    table_size = noise_table_size(cfg, sum(jnp.size(x) for x in jax.tree.leaves(solution)))
+    if table_size:
         strategy_cls = noise_table.SharedNoiseOpen_ES
-        kwargs["table_size"] = cfg.noise_table
+        kwargs["table_size"] = table_size
     if _accepts(cfg.strategy, "std_schedule"):
         kwargs["std_schedule"] = decay_schedule(
             cfg.sigma, cfg.sigma_decay, cfg.sigma_min, cfg.floor_mode)
@@ -330,7 +359,10 @@ class Evolution:
 
     @functools.cached_property
     def _strategy(self):
-        return make_strategy(self.cfg, self._flat[0])
+        strategy, es_params = make_strategy(self.cfg, self._flat[0])
+        # Whole on every device of the mesh once, not copied there by every `run` call
+        # (a noise table is tens of MB).
+        return strategy, jax.device_put(es_params, NamedSharding(self.mesh, PartitionSpec()))
 
     @property
     def strategy(self):
@@ -359,29 +391,36 @@ class Evolution:
         sharding = NamedSharding(self.mesh, PartitionSpec("pop"))
         return jax.lax.with_sharding_constraint(population, sharding)
 
-    def population_scores(self, population, key: jax.Array, split: str = "train"):
-        """NLL and accuracy of every member on one shared batch (common random numbers).
+    def population_scores(self, population, key: jax.Array, split: str = "train",
+                          decode: Callable | None = None) -> Scores:
+        """NLL, accuracy and L2 penalty of every member on one shared batch (common
+        random numbers).
 
-        ``population``: ``(P, D)`` flat parameter vectors, as ``strategy.ask`` gives them.
-        The sequences and the lifetimes' initial weights are drawn once, outside the
-        population map, and every member reads the same ones. The population is
-        evaluated in chunks: ``cfg.chunk_size`` or ``cfg.memory_budget`` if set, else
-        the device policy's default (`plastix.devices.default_chunk`).
+        ``population``: ``(P, D)`` flat parameter vectors, as ``strategy.ask`` gives
+        them; or, with ``decode``, a pytree of ``(P, ...)`` member names that
+        ``decode`` turns into one member's flat vector where that member is evaluated
+        (`noise_table.Perturbation`). The sequences and the lifetimes' initial weights
+        are drawn once, outside the population map, and every member reads the same
+        ones. The population is evaluated in chunks: ``cfg.chunk_size`` or
+        ``cfg.memory_budget`` if set, else the device policy's default
+        (`plastix.devices.default_chunk`).
         """
         data_key, life_key = jax.random.split(key)
         data = self.task.sample(data_key, self.cfg.batch, split)
         draws = plastic.lifetime_draws(self.net, life_key, self.cfg.batch)
 
-        def member(flat):
+        def member(name):
+            flat = name if decode is None else decode(name)
             stats = plastic.lifetime_stats(self.net, self.unravel(flat), draws, *data)
-            return plastic.mean_scores(stats)
+            penalty = l2_penalty(self.cfg, flat) if self.cfg.l2_penalty else jnp.zeros(())
+            return Scores(*plastic.mean_scores(stats), penalty)
 
         n_devices = self.mesh.devices.size
         chunk_size = self.cfg.chunk_size
         if chunk_size is None and self.cfg.memory_budget is None:
             chunk_size = devices_lib.default_chunk(n_devices)
         if devices_lib.shard_population():
-            population = self._shard(population)
+            population = jax.tree.map(self._shard, population)
         evaluate_all = batching.population_map(
             member, chunk_size=chunk_size, memory_budget=self.cfg.memory_budget,
             multiple_of=n_devices, place_chunks=self._shard_chunks,
@@ -391,7 +430,35 @@ class Evolution:
     def _shard_chunks(self, chunks):
         """Split every chunk of ``(num_chunks, chunk_size, ...)`` members over the devices."""
         sharding = NamedSharding(self.mesh, PartitionSpec(None, "pop"))
-        return jax.lax.with_sharding_constraint(chunks, sharding)
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), chunks)
+
+    @property
+    def names_members(self) -> bool:
+        """Whether the strategy names its members instead of holding the ``(P, D)``
+        population (`noise_table.SharedNoiseOpen_ES`)."""
+        return hasattr(self.strategy, "ask_perturbations")
+
+    def ask(self, state, key: jax.Array, es_params=None):
+        """A generation's members: ``(population, decode, state)``.
+
+        ``population`` is the ``(P, D)`` flat vectors and ``decode`` None; or, where the
+        strategy names its members, their names and the function that builds one
+        member's vector from its name, so that each is built where it is evaluated.
+        """
+        es_params = self.es_params if es_params is None else es_params
+        if self.names_members:
+            names = self.strategy.ask_perturbations(key, state, es_params)
+            return names, functools.partial(self.strategy.member, state, es_params), state
+        population, state = self.strategy.ask(key, state, es_params)
+        return population, None, state
+
+    def tell(self, state, population, fitness: jax.Array, key: jax.Array, es_params=None):
+        """The strategy's update from the fitness of `ask`'s ``population``; where the
+        members are named it reads the noise they were built from."""
+        es_params = self.es_params if es_params is None else es_params
+        if self.names_members:
+            return self.strategy.tell_perturbations(key, population, fitness, state, es_params)
+        return self.strategy.tell(key, population, fitness, state, es_params)[0]
 
     def generation(self, state, key: jax.Array, es_params=None):
         """ask -> evaluate -> tell. Returns the new state and scalar metrics.
@@ -400,13 +467,12 @@ class Evolution:
         them as an argument so that a large one (a shared noise table) is an input of
         the compiled program, not a constant folded into it.
         """
-        es_params = self.es_params if es_params is None else es_params
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
-        population, state = self.strategy.ask(ask_key, state, es_params)
-        nll, accuracy = self.population_scores(population, eval_key)
-        penalty = jax.vmap(functools.partial(l2_penalty, self.cfg))(population)
-        fitness, n_nonfinite = contain_nonfinite(nll + penalty)
-        state, _ = self.strategy.tell(tell_key, population, fitness, state, es_params)
+        population, decode, state = self.ask(state, ask_key, es_params)
+        scores = self.population_scores(population, eval_key, decode=decode)
+        fitness, n_nonfinite = contain_nonfinite(scores.nll + scores.penalty)
+        state = self.tell(state, population, fitness, tell_key, es_params)
+        nll, accuracy = scores.nll, scores.accuracy
         finite = jnp.isfinite(nll)
         metrics = {
             "best_fitness": jnp.min(fitness),

@@ -79,10 +79,10 @@ def najarro2020(variant: str = "ABCD_lr", **es_overrides) -> Preset:
     ES (``train_hebb.py`` defaults, ``EvolutionStrategyHebb``): Open_ES with plain SGD,
     population 200, antithetic pairs, lr 0.2 decayed by 0.995 while above 0.001,
     sigma 0.1 decayed by 0.999 while above 0.01, both decays applied after the
-    generation that used the value, centred ranks divided by their std, and
-    fitness penalty 0.01 mean(theta^2). ``es_overrides`` replace any `evolve.ESConfig`
-    field, e.g. ``batch`` (their fitness is one episode per member; plastix averages
-    ``batch`` lifetimes).
+    generation that used the value, centred ranks divided by their std, fresh
+    Gaussian perturbations, and fitness penalty 0.01 mean(theta^2). ``es_overrides``
+    replace any `evolve.ESConfig` field, e.g. ``batch`` (their fitness is one episode
+    per member; plastix averages ``batch`` lifetimes).
 
     Network: every layer plastic under ``variant``, per-synapse coefficients, max-abs
     normalisation, W ~ U(-0.1, 0.1) per lifetime, no biases. Their networks have no
@@ -98,6 +98,7 @@ def najarro2020(variant: str = "ABCD_lr", **es_overrides) -> Preset:
         sigma=0.1, sigma_decay=0.999, sigma_min=0.01,
         floor_mode="stop", sigma_lag=False,
         fitness_shaping="centered_ranks_std", l2_penalty=0.01, l2_reduce="mean",
+        noise_table=0,
     )
     net = dict(
         layer_rules=tuple((layer, variant) for layer in plastic.LAYERS),

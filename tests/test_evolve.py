@@ -195,9 +195,70 @@ def test_shared_noise_table_evolves_and_resumes_exactly(tmp_path):
                                   _mean_vector(evolution, resumed))
 
 
+@pytest.mark.parametrize("settings", [
+    {},
+    {"antithetic": False, "fitness_shaping": "centered_ranks_std", "optimizer": "adam"},
+])
+def test_telling_named_members_equals_evosax_tell_on_the_population(settings):
+    cfg = evolve.ESConfig(population=8, sigma=0.3, **settings)
+    solution = jnp.linspace(-1.0, 1.0, 53)  # flat, as `Evolution` hands it to evosax
+    strategy, es_params = evolve.make_strategy(cfg, solution)
+    state = strategy.init(jax.random.key(0), solution, es_params)
+    state = state.replace(best_fitness=0.5)  # one member below beats it, the NaN does not
+    fitness = jnp.array([3.0, jnp.nan, 0.2, -1.0, 5.0, 0.0, 2.0, 1.0]) + 1.0
+    names = strategy.ask_perturbations(jax.random.key(1), state, es_params)
+    population, _ = strategy.ask(jax.random.key(1), state, es_params)
+    np.testing.assert_allclose(jax.vmap(lambda n: strategy.member(state, es_params, n))(names),
+                               population, rtol=1e-6, atol=1e-6)
+    for _ in range(2):  # a second step exercises the optimiser state and the schedule
+        reference, _ = strategy.tell(jax.random.key(2), population, fitness, state, es_params)
+        state = strategy.tell_perturbations(jax.random.key(2), names, fitness, state, es_params)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                     state, reference)
+        population = jax.vmap(lambda n: strategy.member(state, es_params, n))(names)
+    assert float(state.best_fitness) == 0.0  # -1.0 + 1.0, member 3
+
+
+def test_a_generation_of_named_members_equals_evosax_ask_and_tell():
+    """Members named by their noise window, built where they are evaluated (with their
+    L2 penalty), give the generation evosax's ask -> evaluate -> tell gives on the
+    materialised population."""
+    cfg = evolve.ESConfig(population=8, batch=4, sigma=0.3, l2_penalty=0.05)
+    evolution = evolve.make_evolution(NET, TASK, cfg, jax.random.key(0))
+    strategy, es_params = evolution.strategy, evolution.es_params
+    assert evolution.names_members  # the default for Open_ES
+    state = evolution.init(jax.random.key(1))
+    key = jax.random.key(2)
+    named, _ = jax.jit(evolution.generation)(state, key)
+
+    def by_evosax(state, key):  # the generation through evosax's own interface
+        ask_key, eval_key, tell_key = jax.random.split(key, 3)
+        population, state = strategy.ask(ask_key, state, es_params)
+        scores = evolution.population_scores(population, eval_key)
+        fitness = scores.nll + jax.vmap(lambda x: evolve.l2_penalty(cfg, x))(population)
+        return strategy.tell(tell_key, population, fitness, state, es_params)[0]
+
+    reference = jax.jit(by_evosax)(state, key)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                 named, reference)
+    assert not np.allclose(named.mean, state.mean)  # it moved
+
+
+def test_noise_source_defaults():
+    dims = 100
+    cfg = evolve.ESConfig()
+    assert evolve.noise_table_size(cfg, dims) == 2**20  # the floor
+    assert evolve.noise_table_size(cfg, 165_120) == 2**24  # 100 floats per parameter
+    assert evolve.noise_table_size(cfg, 10**7) == 2**28  # the ceiling
+    assert evolve.noise_table_size(cfg, 2 * 10**8) == 4 * 10**8  # two windows at least
+    assert evolve.noise_table_size(evolve.ESConfig(noise_table=0), dims) == 0
+    assert evolve.noise_table_size(evolve.ESConfig(strategy="CMA_ES"), dims) == 0
+    assert evolve.noise_table_size(evolve.ESConfig(noise_table=5000), dims) == 5000
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"noise_table": -1}, "noise_table must be 0"),
-    ({"noise_table": 100, "strategy": "CMA_ES"}, "noise_table must be 0"),
+    ({"noise_table": -1}, "noise_table must be None"),
+    ({"noise_table": 100, "strategy": "CMA_ES"}, "noise_table must be None"),
 ])
 def test_noise_table_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -124,7 +124,8 @@ def test_fitness_shapings():
                                rtol=1e-6)
     assert np.all(evolve.centered_ranks_std(None, jnp.ones(4), None, None) == 0)
     # the default changes nothing: the strategy's own class and shaping
-    default, _ = evolve.make_strategy(evolve.ESConfig(population=4), {"x": jnp.zeros(2)})
+    default, _ = evolve.make_strategy(evolve.ESConfig(population=4, noise_table=0),
+                                      {"x": jnp.zeros(2)})
     assert default.fitness_shaping_fn is centered_rank_fitness_shaping_fn
     assert type(default) is evolve.STRATEGIES["Open_ES"]
     for name, fn in evolve.FITNESS_SHAPINGS.items():
