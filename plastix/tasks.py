@@ -529,7 +529,7 @@ def random_tokens(vocab_size: int = 65, seq_len: int = 100) -> Task:
 # ---------------------------------------------------------------------- pixels
 
 
-def _load_sklearn_digits() -> dict:
+def sklearn_digits() -> dict:
     """scikit-learn's bundled 8x8 digits (1,797 images, intensities 0..16), split
     80/10/10 by a fixed permutation (seed 0). Returns split -> (images in [0, 1], labels)."""
     try:
@@ -596,7 +596,7 @@ def pixels(source: str = "sklearn_digits", levels: int = 4, predict: str = "next
     downsample = _check_count("pixels downsample", downsample, 1)
     if predict not in ("next_pixel", "label"):
         raise ValueError(f"pixels predict must be 'next_pixel' or 'label', got {predict!r}")
-    raw = _load_sklearn_digits() if source == "sklearn_digits" else _load_tfds_images(source, data_dir)
+    raw = sklearn_digits() if source == "sklearn_digits" else _load_tfds_images(source, data_dir)
     tables = {split: (jnp.asarray(quantise(images, levels, downsample)), jnp.asarray(labels, jnp.int32))
               for split, (images, labels) in raw.items()}
     num_pixels = tables["train"][0].shape[1]

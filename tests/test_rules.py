@@ -245,10 +245,19 @@ def test_reference_state_updates():
 
     ec = rules.err_credit(credit_rate=0.1, post_rate=0.5)
     s = _random_state(ec, w)
-    _, new = ec.update(rules.init_coeffs(ec, w.shape), s, w, pre, post)
-    np.testing.assert_allclose(new.credit, 0.9 * np.asarray(s.credit) + 0.1 * np.outer(y, x),
-                               rtol=1e-5)
+    coeffs = rules.init_coeffs(ec, w.shape)
+    _, new = ec.update(coeffs, s, w, pre, post)
+    credit = 0.9 * np.asarray(s.credit) + 0.1 * np.outer(y, x)
+    np.testing.assert_allclose(new.credit, credit, rtol=1e-5)
     np.testing.assert_allclose(new.post_avg, 0.5 * np.asarray(s.post_avg) + 0.5 * y, rtol=1e-6)
+    # two phases: the error is the late signal minus post, and the slow average stays
+    two_phase = rules.err_credit(credit_rate=0.1, late_phase=True)
+    late = y + np.linspace(-0.5, 0.5, y.size)
+    dw, new = two_phase.update(coeffs, s, w, pre, post, jnp.asarray(late))
+    np.testing.assert_allclose(dw, 0.01 * (late - y)[:, None] * credit, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(new.post_avg, s.post_avg)
+    with pytest.raises(ValueError, match="needs mod"):
+        two_phase.update(coeffs, s, w, pre, post)
 
 
 def test_hebbian_mask_prunes_disagreeing_and_regrows_agreeing_synapses():

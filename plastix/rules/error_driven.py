@@ -99,7 +99,8 @@ class ErrCreditState(NamedTuple):
 
 
 @register
-def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5) -> Rule:
+def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5,
+               late_phase: bool = False) -> Rule:
     """Err x Credit trace rule: a local error gates a slow synaptic eligibility trace.
 
     ``credit <- credit + credit_rate * (y x^T - credit)``
@@ -111,9 +112,16 @@ def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5) -> Rule:
     synapses were recently co-active. The error uses the average from *before* this
     step; the credit includes it.
 
+    ``late_phase=True`` is the reading for a network that settles in two phases
+    (`plastix.settling`): ``mod`` carries the receiver's late (plus-phase) signal and
+    ``err = mod - y``, the temporal difference across the trial, ``post`` being the early
+    (minus-phase) activity; the slow average is kept, not used. Otherwise ``mod`` is
+    ignored.
+
     Args:
       credit_rate: step size of the credit trace (1 / its time constant, in steps).
       post_rate: step size of the slow post-activity average.
+      late_phase: take the error from ``mod``, the late phase (see above).
 
     References:
       O'Reilly et al., the emer/axon framework (github.com/emer/axon), "trace" /
@@ -124,10 +132,14 @@ def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5) -> Rule:
         return ErrCreditState(jnp.zeros_like(w), jnp.zeros(w.shape[0], w.dtype))
 
     def update(coeffs, state, w, pre, post, mod):
-        del w, mod
+        del w
         credit = state.credit + credit_rate * (outer(post, pre) - state.credit)
-        err = post - state.post_avg
-        post_avg = state.post_avg + post_rate * err
+        if late_phase:
+            late = require_mod("err_credit", mod, "the late-phase post signal")
+            err, post_avg = late - post, state.post_avg
+        else:
+            err = post - state.post_avg
+            post_avg = state.post_avg + post_rate * err
         return coeffs["eta"] * err[:, None] * credit, ErrCreditState(credit, post_avg)
 
     # Error-driven without a target: the error is the receiver's own temporal difference,
