@@ -8,8 +8,8 @@ For every variant (a method and its settings) the learning rate is picked from
 ``--lrs`` on tuning seeds that are not reported (ra25: the fewest epochs to criterion;
 digits: the best validation accuracy), then ``--seeds`` fresh seeds are trained at once
 under ``vmap``. Writes to ``--out``: ``report.md`` / ``report.json`` (epochs to criterion,
-final errors or accuracy, the mean weight change per epoch) and ``curves.png`` (errors
-or accuracy per epoch, mean over seeds).
+final errors or accuracy, learning curves per seed, the mean weight change per epoch)
+and ``curves.png`` (errors or accuracy per epoch, mean over seeds).
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def summarise(task: str, variant: Variant, lr: float, history, seconds: float) -
            "seconds": round(seconds, 1),
            "final_errors": history.errors[:, -1].tolist(),
            "final_accuracy": history.accuracy[:, -1].tolist(),
+           # learning curves, (seeds, epochs)
+           "errors_per_epoch": history.errors.tolist(),
+           "accuracy_per_epoch": history.accuracy.tolist(),
            "mean_dw_per_epoch": history.mean_dw.mean(axis=0).tolist(),
            "mean_abs_dw_per_epoch": history.mean_abs_dw.mean(axis=0).tolist(),
            # mean change over mean |change|, averaged over the first 10 epochs

@@ -159,7 +159,8 @@ def _net_inputs(net: SettlingNet, params: dict, acts, l: int) -> jax.Array:
 def settle(net: SettlingNet, params: dict, x: jax.Array, target: jax.Array | None = None,
            start: Phase | None = None) -> Phase:
     """Settle with ``x`` clamped (and the output clamped to ``target`` if given), from
-    ``start``'s activity or from rest (0.5 would bias kWTA; rest is 0)."""
+    ``start``'s activity or from rest (all 0), for ``net.steps`` steps. Within a step the
+    layers move bottom-up, each reading the layers below as already moved."""
     if start is None:
         acts = (x,) + tuple(jnp.zeros(n) for n in net.sizes[1:])
     else:

@@ -118,5 +118,6 @@ def test_the_experiment_writes_its_report(tmp_path):
     assert [r["method"] for r in rows] == ["chl", "backprop"]
     assert {"report.md", "report.json", "curves.png"} <= set(os.listdir(tmp_path))
     assert len(rows[0]["mean_dw_per_epoch"]) == 3 and len(rows[0]["epochs_to_criterion"]) == 2
+    assert np.shape(rows[1]["errors_per_epoch"]) == (2, 3)
     with pytest.raises(SystemExit):
         local_learning.main(["--epochs", "0", "--out", str(tmp_path)])
