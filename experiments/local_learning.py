@@ -157,6 +157,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.epochs, args.seeds, args.tune_seeds) < 1:
         p.error("--epochs, --seeds and --tune-seeds must be >= 1")
+    if args.hidden is not None and min(args.hidden) < 1:
+        p.error(f"--hidden sizes must be >= 1, got {args.hidden}")
     if any(lr <= 0 or not np.isfinite(lr) for lr in args.lrs):
         p.error("--lrs must be positive and finite")
     if args.hidden is None:

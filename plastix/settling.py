@@ -192,6 +192,7 @@ class LearnState(NamedTuple):
 
 
 def init_learn_state(net: SettlingNet, method: str, params: dict) -> LearnState:
+    """The local rule's state for every matrix of ``params`` (feedback included)."""
     rule = _rule(method, net)
     return LearnState([rule.init(w) for w in params["w"]], [rule.init(b) for b in params["fb"]])
 
