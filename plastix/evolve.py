@@ -362,7 +362,7 @@ class Evolution:
         strategy, es_params = make_strategy(self.cfg, self._flat[0])
         # Whole on every device of the mesh once, not copied there by every `run` call
         # (a noise table is tens of MB).
-        return strategy, jax.device_put(es_params, NamedSharding(self.mesh, PartitionSpec()))
+        return strategy, jax.device_put(es_params, self._whole_on_every_device)
 
     @property
     def strategy(self):
@@ -384,8 +384,12 @@ class Evolution:
         """``state`` as a block of `run` returns it: strong dtypes, whole on every device of
         the mesh. The initial state is weakly typed on one device and a loaded one is
         neither, so each would otherwise compile the block again."""
-        placement = NamedSharding(self.mesh, PartitionSpec())
-        return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, x.dtype), placement), state)
+        return jax.tree.map(
+            lambda x: jax.device_put(jnp.asarray(x, x.dtype), self._whole_on_every_device), state)
+
+    @functools.cached_property
+    def _whole_on_every_device(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
 
     def _shard(self, population):
         sharding = NamedSharding(self.mesh, PartitionSpec("pop"))

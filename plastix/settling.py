@@ -51,7 +51,6 @@ import optax
 from plastix import rules
 
 LOCAL_RULES = ("chl", "generec", "trace")
-METHODS = LOCAL_RULES + ("backprop",)
 FEEDBACK = ("symmetric", "random", "learned")
 
 
@@ -230,13 +229,10 @@ def _centred(dw: jax.Array, subtract_mean: bool) -> jax.Array:
 
 
 class TrialStats(NamedTuple):
-    """Per-trial learning statistics: sum and sum of |.| of every weight change, and the
-    settling residuals of both phases."""
+    """Per-trial learning statistics: sum and sum of |.| of every weight change."""
 
     dw_sum: jax.Array
     dw_abs: jax.Array
-    minus_change: jax.Array
-    plus_change: jax.Array
 
 
 def local_trial(net: SettlingNet, method: str, lr: float, params: dict, state: LearnState,
@@ -249,9 +245,11 @@ def local_trial(net: SettlingNet, method: str, lr: float, params: dict, state: L
     coeffs = {"eta": jnp.asarray(lr, jnp.float32)}
     minus = settle(net, params, x)
     plus = settle(net, params, x, target, start=minus)
+    # errs[l]: the trace rule's error of layer l (errs[0], the clamped input, unused)
+    errs = [None] + [_phase_error(net, minus, plus, l) for l in range(1, net.layers + 1)]
     new_w, new_state, new_b, total, total_abs = [], [], [], 0.0, 0.0
     for l in range(net.layers):
-        err = _phase_error(net, minus, plus, l + 1)
+        err = errs[l + 1]
         dw, s = _local_update(rule, method, coeffs, state.w[l], params["w"][l],
                               minus.acts[l], minus.acts[l + 1], plus.acts[l],
                               plus.acts[l + 1], err)
@@ -264,13 +262,12 @@ def local_trial(net: SettlingNet, method: str, lr: float, params: dict, state: L
     new_fb, fb_state = list(params["fb"]), list(state.fb)
     if net.feedback == "learned":  # top-down: pre is the layer above, post the one below
         for l in range(1, net.layers):
-            err = _phase_error(net, minus, plus, l)
             dfb, fb_state[l - 1] = _local_update(
                 rule, method, coeffs, state.fb[l - 1], params["fb"][l - 1],
-                minus.acts[l + 1], minus.acts[l], plus.acts[l + 1], plus.acts[l], err)
+                minus.acts[l + 1], minus.acts[l], plus.acts[l + 1], plus.acts[l], errs[l])
             new_fb[l - 1] = params["fb"][l - 1] + _centred(dfb, net.subtract_mean)
     params = {"w": new_w, "b": new_b, "fb": new_fb}
-    stats = TrialStats(total, total_abs, minus.last_change, plus.last_change)
+    stats = TrialStats(total, total_abs)
     return params, LearnState(new_state, fb_state), stats
 
 
@@ -297,8 +294,7 @@ def backprop_trial(net: SettlingNet, lr: float, params: dict, x: jax.Array,
     grads = jax.grad(loss)(params)
     new = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     dw = [n - p for n, p in zip(new["w"], params["w"])]
-    stats = TrialStats(sum(jnp.sum(d) for d in dw), sum(jnp.sum(jnp.abs(d)) for d in dw),
-                       jnp.zeros(()), jnp.zeros(()))
+    stats = TrialStats(sum(jnp.sum(d) for d in dw), sum(jnp.sum(jnp.abs(d)) for d in dw))
     return new, stats
 
 
