@@ -1,14 +1,19 @@
-"""Evolve plasticity rules for in-lifetime sequence prediction (Najarro & Risi 2020 style).
+"""Evolve plasticity rules for in-lifetime sequence prediction (Najarro & Risi 2020 style),
+or learn them by gradient descent through the lifetime.
 
 Every lifetime starts from random weights; the network learns only through its
 plasticity rule while it reads a sequence. ES (evosax; OpenAI-ES by default) evolves the rule
-coefficients so that this in-lifetime learning predicts the scored tokens.
+coefficients so that this in-lifetime learning predicts the scored tokens; ``--outer
+gradient`` trains the same parameters of the same network on the same loss by Adam on its
+gradient through the lifetime (plastix.metagrad).
 
     python experiments/es_abcd.py                          # associative retrieval, ABCD_lr readout
     python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
         --strategy CMA_ES --log-rates --init-mean zero --sigma 0.3 --batch 128
     python experiments/es_abcd.py --task text --text-path ../shared/data/tinyshakespeare/input.txt \
         --rule-out polynomial_mod --rule-rec ABCD_lr
+    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
+        --log-rates --init-mean zero --batch 128 --outer gradient --grad-lr 0.03
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
     python experiments/es_abcd.py --out runs/x --resume --generations 800  # or extend it
 
@@ -17,7 +22,9 @@ es, seed, ...), metrics.jsonl, checkpoint.msgpack, report.json, report.md and pl
 (fitness.png, coefficients.png, weights.png). --resume refuses a directory whose
 config.json differs in anything but --generations, --chunk-size, --memory-budget-mb,
 --out and --no-plots. Every field of plastix.evolve.ESConfig has a flag (see the ES group
-below; a bool field F is --F / --no-F).
+below; a bool field F is --F / --no-F), and so has every field of plastix.metagrad.GradConfig
+(the gradient group; --batch, --eval-batch, --l2 and --l2-reduce serve both outer loops).
+--generations counts ES generations or gradient updates.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import evolve, plastic, runs, tasks  # noqa: E402
+from plastix import evolve, metagrad, plastic, runs, tasks  # noqa: E402
 
 HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # Hebb with decay keeps a fraction 1 - eta*decay of each weight per step: the grid is over
@@ -62,6 +69,16 @@ ES_FLAG_NAMES = {
     "l2_penalty": ("--l2", "--l2-penalty"),
     "memory_budget": ("--memory-budget-mb",),
 }
+# GradConfig fields named as the ES flags that set them: one lifetime batch, held-out
+# batch and L2 penalty for both outer loops, so one command line is one problem.
+SHARED_FIELDS = ("batch", "eval_batch", "l2_penalty", "l2_reduce")
+GRAD_FLAG_NAMES = {
+    "learning_rate": ("--grad-lr",),
+    "lr_decay": ("--grad-lr-decay",),
+    "lr_min": ("--grad-lr-min",),
+    "clip_norm": ("--grad-clip",),
+}
+OUTER_LOOPS = ("es", "gradient")
 MIB = 2**20
 
 # config.json keys a resumed run may set afresh: its length (the schedules and keys depend
@@ -106,6 +123,8 @@ class RunConfig:
       task: the task.
       net: the plastic network (its vocabulary is the task's).
       es: the ES settings.
+      outer: what learns the parameters: "es" or "gradient".
+      grad: the gradient settings (its batch, eval batch and L2 penalty are the ES ones).
       init_mean: where ES starts: "defaults", "zero" or "delta" (``initial_mean``).
       seed: seeds the ES run and the starting point.
       generations: how many generations the run lasts (may grow on resume).
@@ -117,6 +136,8 @@ class RunConfig:
     task: TaskConfig
     net: plastic.PlasticRNN
     es: evolve.ESConfig
+    outer: str = "es"
+    grad: metagrad.GradConfig = metagrad.GradConfig()
     init_mean: str = "defaults"
     seed: int = 0
     generations: int = 300
@@ -174,13 +195,19 @@ def _flag_kwargs(hint) -> dict:
     return {"type": _json_value}
 
 
-def es_flags(cls: type = evolve.ESConfig) -> list[tuple[str, tuple[str, ...], dict]]:
-    """``(field, flags, argparse kwargs)`` for every field of the ES config class, so that
-    a field added to it is reachable from the command line without touching this file."""
+def es_flags(cls: type = evolve.ESConfig, names: dict | None = None,
+             skip: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...], dict]]:
+    """``(field, flags, argparse kwargs)`` for every field of a config class (the ES one by
+    default) but those in ``skip``, so that a field added to it is reachable from the
+    command line without touching this file. ``names``: flags spelt otherwise than
+    ``--field-name`` (default `ES_FLAG_NAMES`)."""
     hints, docs = typing.get_type_hints(cls), _attribute_docs(cls)
+    names = ES_FLAG_NAMES if names is None else names
     out = []
     for field in dataclasses.fields(cls):
-        flags = ES_FLAG_NAMES.get(field.name, (f"--{field.name.replace('_', '-')}",))
+        if field.name in skip:
+            continue
+        flags = names.get(field.name, (f"--{field.name.replace('_', '-')}",))
         kwargs = _flag_kwargs(hints[field.name])
         if field.default is not dataclasses.MISSING:
             kwargs["default"] = field.default
@@ -201,6 +228,14 @@ def add_es_flags(parser: argparse.ArgumentParser, cls: type = evolve.ESConfig) -
     group = parser.add_argument_group(f"ES ({cls.__module__}.{cls.__name__})")
     for _, flags, kwargs in es_flags(cls):
         group.add_argument(*flags, **kwargs)
+
+
+def add_grad_flags(parser: argparse.ArgumentParser, cls: type = metagrad.GradConfig) -> None:
+    group = parser.add_argument_group(
+        f"gradient, with --outer gradient ({cls.__module__}.{cls.__name__})")
+    for field, flags, kwargs in es_flags(cls, GRAD_FLAG_NAMES, skip=SHARED_FIELDS):
+        # Its own namespace: ES has fields of the same names (lr_decay, lr_min).
+        group.add_argument(*flags, **{**kwargs, "dest": f"grad_{field}"})
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -233,7 +268,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/es_abcd")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--outer", default="es", choices=OUTER_LOOPS,
+                   help="what learns the rule: ES (evosax) or gradient descent through the "
+                        "lifetime (optax); the same network, loss and starting point")
     add_es_flags(p)
+    add_grad_flags(p)
     return p.parse_args(argv)
 
 
@@ -272,11 +311,19 @@ def build_es_config(args, cls: type = evolve.ESConfig) -> evolve.ESConfig:
     return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
+def build_grad_config(args, cls: type = metagrad.GradConfig) -> metagrad.GradConfig:
+    """The gradient settings: its own flags, and the lifetime batch, held-out batch and
+    L2 penalty of the ES flags (`SHARED_FIELDS`)."""
+    return cls(**{f.name: getattr(args, f.name if f.name in SHARED_FIELDS else f"grad_{f.name}")
+                  for f in dataclasses.fields(cls)})
+
+
 def run_config(args) -> RunConfig:
     """The parsed command line as one frozen config (builds the task for its vocabulary)."""
     task = task_config(args)
     return RunConfig(task=task, net=build_net(args, task.build().vocab_size),
-                     es=build_es_config(args), init_mean=args.init_mean, seed=args.seed,
+                     es=build_es_config(args), outer=args.outer, grad=build_grad_config(args),
+                     init_mean=args.init_mean, seed=args.seed,
                      generations=args.generations, log_every=args.log_every, out=args.out,
                      plots=not args.no_plots)
 
@@ -295,9 +342,14 @@ _FLAT_ES_KEYS = {"pop": "population", "l2": "l2_penalty"}
 def upgrade_config(saved: dict) -> dict:
     """A saved config in RunConfig's layout. Older runs saved their flags flat
     (``{"hidden": 32, "pop": 64, ...}``); those become the config the same flags give
-    today (flags added since then take their defaults)."""
+    today (flags added since then take their defaults). Runs from before the gradient
+    outer loop were ES runs."""
     if "es" in saved:
-        return saved
+        if "outer" in saved:
+            return saved
+        shared = {name: saved["es"][name] for name in SHARED_FIELDS if name in saved["es"]}
+        return {**saved, "outer": "es",
+                "grad": runs.config_dict(metagrad.GradConfig(**shared))}
     args = parse_args([])
     for key, value in saved.items():
         key = _FLAT_ES_KEYS.get(key, key)
@@ -380,21 +432,23 @@ def score(net, task, params, key, split, batch) -> tuple[float, float]:
     return float(nll), float(acc)
 
 
-def build_report(evolution: evolve.Evolution, evolved_params: dict, eval_batch: int) -> list[dict]:
-    """Held-out (test split) comparison of the evolved rule with the baselines.
+def build_report(outer, evolved_params: dict, eval_batch: int,
+                 label: str = "evolved rule") -> list[dict]:
+    """Held-out (test split) comparison of the learned rule (``label``) with the baselines;
+    ``outer`` is the run's `evolve.Evolution` or `metagrad.MetaGradient`.
 
     Hand rules take their best eta/decay on the validation split, then are
     scored on the test split like everything else.
     """
-    net, task = evolution.net, evolution.task
-    test_key, valid_key = jax.random.key(777), jax.random.key(778)
+    net, task = outer.net, outer.task
+    test_key = jax.random.key(777)
 
     def row(label, row_net, params, note=""):
         nll, acc = score(row_net, task, params, test_key, "test", eval_batch)
         return {"model": label, "test_nll": nll, "test_bits": nll / math.log(2),
                 "test_accuracy": acc, "note": note}
 
-    rows = [row("evolved rule", net, evolved_params)]
+    rows = [row(label, net, evolved_params)]
     frozen = dataclasses.replace(net, layer_rules=())
     rows.append(row("plasticity off", frozen, {"coeffs": {}, **_w0(evolved_params)}))
     draws = [score(net, task, random_coefficients(evolved_params, jax.random.key(1000 + i)),
@@ -405,14 +459,21 @@ def build_report(evolution: evolve.Evolution, evolved_params: dict, eval_batch: 
                  "test_bits": float(np.median(nlls)) / math.log(2),
                  "test_accuracy": float(np.median(accs)),
                  "note": f"median of {RANDOM_COEFF_DRAWS} draws U(-1,1); {int((~finite).sum())} diverged"})
-    best = {}
-    for label, hand_net, params, setting in hand_rule_candidates(net):
-        nll, _ = score(hand_net, task, params, valid_key, "valid", eval_batch)
-        if np.isfinite(nll) and (label not in best or nll < best[label][0]):
-            best[label] = (nll, hand_net, params, setting)
-    for label, (_, hand_net, params, setting) in best.items():
+    for label, hand_net, params, setting in best_hand_rules(net, task, eval_batch):
         rows.append(row(label, hand_net, params, note=f"best on valid: {setting}"))
     return rows + ngram_rows(task, eval_batch=eval_batch)
+
+
+def best_hand_rules(net: plastic.PlasticRNN, task, eval_batch: int,
+                    valid_seed: int = 778) -> list[tuple]:
+    """``(label, net, params, setting)`` of each hand rule at its best eta (and decay) on
+    ``eval_batch`` validation sequences (`hand_rule_candidates`)."""
+    best = {}
+    for label, hand_net, params, setting in hand_rule_candidates(net):
+        nll, _ = score(hand_net, task, params, jax.random.key(valid_seed), "valid", eval_batch)
+        if np.isfinite(nll) and (label not in best or nll < best[label][0]):
+            best[label] = (nll, hand_net, params, setting)
+    return [(label, *rest) for label, (_, *rest) in best.items()]
 
 
 def ngram_rows(task, fit_batch: int = 4096, eval_batch: int = 512) -> list[dict]:
@@ -454,7 +515,7 @@ def polynomial_terms(theta) -> dict[str, float]:
 
 
 def delta_sign_pattern(evolved_params: dict) -> str | None:
-    """The evolved readout polynomial beside the delta rule eta (m - y) x, largest terms first.
+    """The learned readout polynomial beside the delta rule eta (m - y) x, largest terms first.
 
     Both are scaled so their largest |coefficient| is 1 (the rule's eta absorbs scale).
     """
@@ -467,9 +528,9 @@ def delta_sign_pattern(evolved_params: dict) -> str | None:
     eta = float(np.mean(out["eta"]))
     # With --log-rates, eta and theta share one free scale (only their product acts), so
     # eta alone can drift to 1e-4 with theta at 1e4; the product is what to report.
-    lines = [f"Readout rule: evolved polynomial vs the delta rule (effective rate "
+    lines = [f"Readout rule: learned polynomial vs the delta rule (effective rate "
              f"eta * max|c| = {eta * scale:.4g}; coefficients scaled to max |c| = 1)", "",
-             "| term | evolved | delta rule |", "|---|---|---|"]
+             "| term | learned | delta rule |", "|---|---|---|"]
     for name in sorted(evolved, key=lambda n: -abs(evolved[n]))[:8]:
         lines.append(f"| {name} | {evolved[name] / scale:+.3f} | {delta[name]:+.0f} |")
     return "\n".join(lines)
@@ -504,18 +565,23 @@ def format_report(rows: list[dict], task) -> str:
 # --- plots --------------------------------------------------------------------------
 
 
-def save_plots(out_dir: str, history: list[dict], evolution, evolved_params) -> None:
+def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gens = [r["generation"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(gens, [r["mean_fitness"] for r in history], label="train: population mean NLL")
-    ax.plot(gens, [r["best_fitness"] for r in history], label="train: best member fitness")
-    ax.plot(gens, [r["valid_nll"] for r in history], label="held-out: ES mean NLL")
-    ax.set_xlabel("generation"), ax.set_ylabel("NLL (nats / scored token)"), ax.legend()
+    if history and "generation" in history[0]:
+        steps, what = [r["generation"] for r in history], "generation"
+        ax.plot(steps, [r["mean_fitness"] for r in history], label="train: population mean NLL")
+        ax.plot(steps, [r["best_fitness"] for r in history], label="train: best member fitness")
+        ax.plot(steps, [r["valid_nll"] for r in history], label="held-out: ES mean NLL")
+    else:
+        steps, what = [r["step"] for r in history], "gradient update"
+        ax.plot(steps, [np.nan if r["train_nll"] is None else r["train_nll"] for r in history], label="train: batch NLL (block mean)")
+        ax.plot(steps, [r["valid_nll"] for r in history], label="held-out NLL")
+    ax.set_xlabel(what), ax.set_ylabel("NLL (nats / scored token)"), ax.legend()
     fig.tight_layout(), fig.savefig(os.path.join(out_dir, "fitness.png"), dpi=120), plt.close(fig)
 
     coeffs = evolved_params["coeffs"]
@@ -528,10 +594,10 @@ def save_plots(out_dir: str, history: list[dict], evolution, evolved_params) -> 
     fig.tight_layout(), fig.savefig(os.path.join(out_dir, "coefficients.png"), dpi=120)
     plt.close(fig)
 
-    inputs, targets, mask = evolution.task.sample(jax.random.key(5), 1, "test")
-    _, (w_start, w_end) = plastic.lifetime_logits(evolution.net, evolved_params, jax.random.key(6),
+    inputs, targets, mask = outer.task.sample(jax.random.key(5), 1, "test")
+    _, (w_start, w_end) = plastic.lifetime_logits(outer.net, evolved_params, jax.random.key(6),
                                                   inputs[0], targets[0], mask[0])
-    layers = evolution.net.plastic_layers or ("out",)
+    layers = outer.net.plastic_layers or ("out",)
     fig, axes = plt.subplots(len(layers), 2, figsize=(7, 3 * len(layers)), squeeze=False)
     for row_axes, layer in zip(axes, layers):
         for ax, w, when in zip(row_axes, (w_start[layer], w_end[layer]), ("start", "end")):
@@ -544,48 +610,84 @@ def save_plots(out_dir: str, history: list[dict], evolution, evolved_params) -> 
 # --- main ---------------------------------------------------------------------------
 
 
+def make_outer(cfg: RunConfig):
+    """The outer loop of a run: an `evolve.Evolution` or a `metagrad.MetaGradient` on the
+    same network, task and starting point."""
+    task, net = cfg.task.build(), cfg.net
+    key, start = jax.random.key(cfg.seed), initial_mean(cfg.net, cfg)
+    if cfg.outer == "gradient":
+        return metagrad.make_meta_gradient(net, task, cfg.grad, key, init_params=start)
+    return evolve.make_evolution(net, task, cfg.es, key, init_mean=start)
+
+
+def describe(cfg: RunConfig, outer) -> str:
+    """The run's first line: task, rules, outer loop, parameters, devices."""
+    task, net = outer.task, outer.net
+    n_params = sum(np.size(x) for x in jax.tree.leaves(outer.start if cfg.outer == "gradient"
+                                                        else outer.solution))
+    if cfg.outer == "gradient":
+        how = (f"gradient (Adam {cfg.grad.learning_rate:g}, clip {cfg.grad.clip_norm:g}"
+               + (f", truncated BPTT {cfg.grad.truncation}" if cfg.grad.truncation else "")
+               + f") x {cfg.grad.batch} lifetimes | {n_params} learned parameters")
+    else:
+        how = (f"{cfg.es.strategy} pop {cfg.es.population} x {cfg.es.batch} lifetimes | "
+               f"{n_params} evolved parameters")
+    return (f"plastix {'ES' if cfg.outer == 'es' else 'meta-gradient'} | task {task.name} "
+            f"(vocab {task.vocab_size}, T={task.seq_len}) | rules {net.rule_names()} "
+            f"{net.granularity} | {how} | {len(outer.mesh.devices.ravel())} "
+            f"{jax.default_backend()} device(s)")
+
+
+def progress_line(r: dict) -> str:
+    """One logged block of either outer loop."""
+    speed = (f"{r['lifetimes_per_s']:.0f} lifetimes/s = "
+             f"{r['synapse_updates_per_s']:.3g} synapse updates/s")
+    held_out = (f"held-out NLL {r['valid_nll']:.4f} acc {r['valid_accuracy']:.3f} | "
+                f"nonfinite {r['nonfinite']}")
+    if "generation" in r:
+        return (f"gen {r['generation']:5d} | fitness best {r['best_fitness']:.4f} "
+                f"mean {r['mean_fitness']:.4f} | acc mean {r['mean_accuracy']:.3f} | "
+                f"{held_out} | {speed}")
+    train = ("every update skipped" if r["train_nll"] is None else
+             f"train NLL {r['train_nll']:.4f} acc {r['train_accuracy']:.3f}")
+    return (f"step {r['step']:5d} | {train} | |g| {r['grad_norm']:.3g} | {held_out} | "
+            f"{speed}")
+
+
 def main(argv=None) -> list[dict]:
     cfg, resume = parse_config(argv)
     cfg_dict = runs.config_dict(cfg)
     runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
-    task, net = cfg.task.build(), cfg.net
-    evolution = evolve.make_evolution(net, task, cfg.es, jax.random.key(cfg.seed),
-                                      init_mean=initial_mean(net, cfg))
+    outer = make_outer(cfg)
+    task, net = outer.task, outer.net
     runs.write_config(cfg.out, cfg_dict)
-
-    n_params = sum(x.size for x in jax.tree.leaves(evolution.solution))
-    print(f"plastix ES | task {task.name} (vocab {task.vocab_size}, T={task.seq_len}) | "
-          f"rules {net.rule_names()} {net.granularity} | {cfg.es.strategy} pop "
-          f"{cfg.es.population} x {cfg.es.batch} lifetimes | {n_params} evolved parameters | "
-          f"{len(evolution.mesh.devices.ravel())} {jax.default_backend()} device(s)", flush=True)
-
-    def on_log(r):
-        print(f"gen {r['generation']:5d} | fitness best {r['best_fitness']:.4f} "
-              f"mean {r['mean_fitness']:.4f} | acc mean {r['mean_accuracy']:.3f} | held-out NLL "
-              f"{r['valid_nll']:.4f} acc {r['valid_accuracy']:.3f} | nonfinite {r['nonfinite']} | "
-              f"{r['lifetimes_per_s']:.0f} lifetimes/s = "
-              f"{r['synapse_updates_per_s']:.3g} synapse updates/s", flush=True)
+    print(describe(cfg, outer), flush=True)
 
     t0 = time.perf_counter()
-    state, history = evolve.evolve(evolution, cfg.seed, cfg.generations, out_dir=cfg.out,
-                                   log_every=cfg.log_every, resume=resume, on_log=on_log)
-    evolved = jax.device_get(evolution.mean(state))
-    rows = build_report(evolution, evolved, cfg.es.eval_batch)
+    loop = metagrad.descend if cfg.outer == "gradient" else evolve.evolve
+    state, history = loop(outer, cfg.seed, cfg.generations, out_dir=cfg.out,
+                          log_every=cfg.log_every, resume=resume,
+                          on_log=lambda r: print(progress_line(r), flush=True))
+    learned = jax.device_get(outer.params(state) if cfg.outer == "gradient"
+                             else outer.mean(state))
+    rows = build_report(outer, learned, cfg.es.eval_batch,
+                        label="evolved rule" if cfg.outer == "es" else "learned rule (gradient)")
     report = format_report(rows, task)
-    effective = jax.device_get(plastic.rule_coeffs(net, evolved))  # eta, not log(eta)
+    effective = jax.device_get(plastic.rule_coeffs(net, learned))  # eta, not log(eta)
     pattern = delta_sign_pattern({"coeffs": effective})
     if pattern is not None:
         report += "\n\n" + pattern
     print("\n" + report)
-    print(f"\nevolved coefficients (ES mean): {jax.tree.map(summarise, effective)}")
+    what = "ES mean" if cfg.outer == "es" else "after the last update"
+    print(f"\nlearned coefficients ({what}): {jax.tree.map(summarise, effective)}")
     with open(os.path.join(cfg.out, "report.md"), "w") as f:
         f.write(report + "\n")
     with open(os.path.join(cfg.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "seconds": time.perf_counter() - t0,
+        json.dump({"rows": rows, "seconds": time.perf_counter() - t0, "outer": cfg.outer,
                    "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(),
                                                   effective)}, f, indent=1)
     if cfg.plots:
-        save_plots(cfg.out, history, evolution, evolved)
+        save_plots(cfg.out, history, outer, learned)
     print(f"\nwrote {cfg.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "
           f"report.json" + (" fitness.png coefficients.png weights.png" if cfg.plots else ""))
     return rows

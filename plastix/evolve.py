@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -550,6 +549,7 @@ def evolve(
     resume: bool = False,
     on_log: Callable[[dict], None] | None = None,
     eval_seed: int = 12345,
+    time_budget_s: float | None = None,
 ):
     """Run ES for ``generations``, logging and checkpointing every ``log_every``.
 
@@ -559,43 +559,28 @@ def evolve(
     exactly as an uninterrupted run would (the same compiled block, the same
     per-generation keys). Without it the run starts afresh and the directory's old
     checkpoint and records are discarded. The caller owns ``config.json``.
+    ``time_budget_s`` stops the run early at the first logged block past that many
+    seconds (`runs.run_blocks`).
 
     Returns:
       ``(final_state, history)``: history is the list of logged records.
     """
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
+    init_key, run_key = jax.random.split(jax.random.key(seed))
     eval_key = jax.random.key(eval_seed)
-    state, start, history = evolution.init(init_key), 0, []
-    ckpt_path = log = None
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        ckpt_path = os.path.join(out_dir, runs.CHECKPOINT)
-        log = runs.MetricsLog(os.path.join(out_dir, runs.METRICS), step_key="generation")
-        if resume and os.path.exists(ckpt_path):
-            state, start = runs.load_checkpoint(ckpt_path, state)
-        elif os.path.exists(ckpt_path):
-            # A fresh run: a later --resume must not pick up the previous run's state.
-            os.remove(ckpt_path)
-        history = log.truncate_to(start)  # the resumed run logs later blocks again
-    state = evolution.place(state)
-
     updates_per_lifetime = plastic.synapse_updates_per_lifetime(evolution.net,
                                                                 evolution.task.seq_len)
-    generation = start
-    while generation < generations:
-        block = min(log_every, generations - generation)
+
+    def advance(state, generation, block):
         t0 = time.perf_counter()
         state, metrics = evolution.run(state, run_key, generation, block)
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
-        generation += block
         lifetimes = block * evolution.cfg.population * evolution.cfg.batch
         valid_nll, valid_acc = evolution.score(
             evolution.mean(state), eval_key, "valid", evolution.cfg.eval_batch
         )
-        record = {
-            "generation": generation,
+        return state, {
+            "generation": generation + block,
             **{k: float(v[-1]) for k, v in metrics.items() if k != "nonfinite"},
             "nonfinite": int(jnp.sum(metrics["nonfinite"])),
             "valid_nll": float(valid_nll),
@@ -606,12 +591,8 @@ def evolve(
             # benchmarks/bench_es.py: plastic synapses times lifetime steps.
             "synapse_updates_per_s": lifetimes * updates_per_lifetime / seconds,
         }
-        history.append(record)
-        if log is not None:
-            # Record first: a kill between the two leaves a record past the checkpoint,
-            # which the resumed run drops and logs again.
-            log.append(record)
-            runs.save_checkpoint(ckpt_path, state, generation)
-        if on_log is not None:
-            on_log(record)
-    return state, history
+
+    return runs.run_blocks(evolution.init(init_key), generations, advance, out_dir=out_dir,
+                           log_every=log_every, resume=resume, on_log=on_log,
+                           step_key="generation", place=evolution.place,
+                           time_budget_s=time_budget_s)

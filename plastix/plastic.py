@@ -52,7 +52,7 @@ from plastix import rules as rules_lib
 LAYERS = ("in", "rec", "out")
 NORMALISATIONS = ("none", "maxabs", "l2")
 READOUT_POSTS = ("auto", "teacher", "prediction")
-MODULATIONS = ("none", "reward")
+MODULATIONS = ("none", "reward", "network")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +76,11 @@ class PlasticRNN:
         teacher's one-hot ("teacher"), the softmax prediction ("prediction"),
         or "auto" (prediction for rules that read a target, teacher otherwise).
         The readout's ``mod`` is always the teacher's one-hot.
-      modulation: modulatory signal of the hidden layers: "none", or "reward",
+      modulation: modulatory signal of the hidden layers: "none"; "reward",
         r_t = -(NLL_t - running mean of NLL), the third factor of the
-        reward-modulated Hebbian RNN.
+        reward-modulated Hebbian RNN; or "network", a neuromodulator the network
+        computes from its own state, m_t = tanh(v . h_t + b) with v and b learned
+        (``params["neuromod"]``; Miconi et al. 2019, "Backpropamine", ICLR).
       readout_bias: give the readout an always-on presynaptic unit (W_out is
         V x (N+1)); its synapses follow the readout rule like any other, which
         lets a rule learn token frequencies within a lifetime.
@@ -145,7 +147,7 @@ class PlasticRNN:
 
     def wiring(self) -> dict[str, Wiring]:
         """Which signals every matrix learns from (see `Wiring`)."""
-        hidden_mod = "reward" if self.modulation == "reward" else None
+        hidden_mod = {"none": None, "reward": "reward", "network": "neuromod"}[self.modulation]
         readout_post = "teacher" if self.readout_sees_teacher() else "prediction"
         return {
             "in": Wiring("x", "h", hidden_mod),
@@ -161,7 +163,8 @@ class Wiring(NamedTuple):
     ``h_prev`` / ``h`` the hidden state before / after the step, ``readout_in`` the
     readout's input (``h``, plus the always-on unit with ``readout_bias``),
     ``prediction`` the readout's softmax, ``teacher`` the teaching signal's one-hot
-    (zero where nothing teaches), ``reward`` -(NLL_t - its running mean).
+    (zero where nothing teaches), ``reward`` -(NLL_t - its running mean), ``neuromod``
+    the network's own neuromodulator tanh(v . h + b).
     """
 
     pre: str
@@ -199,13 +202,17 @@ class LifetimeDraws(NamedTuple):
 
 
 def init_params(net: PlasticRNN, key: jax.Array) -> dict:
-    """The evolvable pytree: rule coefficients per plastic layer (+ initial weights)."""
+    """The evolvable pytree: rule coefficients per plastic layer (+ the neuromodulator's
+    weights with ``modulation="network"``, + initial weights with ``evolve_init``)."""
     shapes = net.weight_shapes()
     coeffs = {
         layer: rules_lib.init_coeffs(net.rule(layer), shapes[layer], net.granularity)
         for layer in net.plastic_layers
     }
     params = {"coeffs": evolved_coeffs(net, coeffs)}
+    if net.modulation == "network":
+        # Zero: the neuromodulator starts silent, m = tanh(0) = 0, and learns to gate.
+        params["neuromod"] = {"v": jnp.zeros(net.hidden_size), "b": jnp.zeros(())}
     if net.evolve_init:
         params["w0"] = draw_weights(net, key)
     return params
@@ -481,8 +488,8 @@ class Carry(NamedTuple):
     nll_baseline: jax.Array  # (B,)
 
 
-def _step(net: PlasticRNN, layers: dict[str, Synapses], noise_keys, emit: str,
-          carry: Carry, xs):
+def _step(net: PlasticRNN, layers: dict[str, Synapses], neuromod: dict | None, noise_keys,
+          emit: str, carry: Carry, xs):
     """One time step of B lifetimes: predict, score, then let every plastic matrix learn."""
     t, token, target, teacher_token, teach_on = xs
     stores = carry.stores
@@ -502,6 +509,8 @@ def _step(net: PlasticRNN, layers: dict[str, Synapses], noise_keys, emit: str,
         h=h, readout_in=readout_in, prediction=jnp.exp(log_probs),
         teacher=jax.nn.one_hot(teacher_token, net.vocab_size) * teach_on[:, None],
         reward=-(nll - carry.nll_baseline))
+    if neuromod is not None:
+        signals["neuromod"] = jnp.tanh(h @ neuromod["v"] + neuromod["b"])
 
     new_stores = dict(stores)
     for index, layer in enumerate(LAYERS):
@@ -524,6 +533,31 @@ def _step(net: PlasticRNN, layers: dict[str, Synapses], noise_keys, emit: str,
     return Carry(new_stores, h, baseline), out
 
 
+def lifetime_start(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, targets,
+                   mask, dense: bool = False) -> tuple[Carry, tuple]:
+    """``(carry, xs)``: the state of B lifetimes at birth and the per-step inputs of the
+    scan over time, ``(t, token, target, teacher token, teaching on)``, each ``(T, B)``.
+
+    With `lifetime_step` this is the lifetime as a ``lax.scan``, for callers that cut it
+    into windows (`run_lifetimes` scans it whole).
+    """
+    layers = layer_synapses(net, params, dense)
+    w0 = start_weights(net, params, draws)
+    batch, length = inputs.shape
+    carry = Carry({layer: layers[layer].init(w0[layer]) for layer in LAYERS},
+                  jnp.zeros((batch, net.hidden_size)), jnp.zeros(batch))
+    teacher, teach_on = teaching_signal(inputs, targets, mask)
+    return carry, (jnp.arange(length), inputs.T, targets.T, teacher.T, teach_on.T)
+
+
+def lifetime_step(net: PlasticRNN, params: dict, draws: LifetimeDraws, emit: str = "stats",
+                  dense: bool = False) -> Callable:
+    """``step(carry, xs_t) -> (carry, out_t)``: one time step of B lifetimes (see
+    `run_lifetimes` for ``emit`` and ``dense``)."""
+    return functools.partial(_step, net, layer_synapses(net, params, dense),
+                             params.get("neuromod"), draws.noise_keys, emit)
+
+
 def run_lifetimes(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, targets, mask,
                   emit: str = "stats", dense: bool = False):
     """B lifetimes, one per sequence, in one ``lax.scan`` over time.
@@ -542,26 +576,23 @@ def run_lifetimes(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, t
       any teaching signal of step t was seen; weights are ``{layer: (B, n_post, n_pre)}``.
     """
     layers = layer_synapses(net, params, dense)
-    w0 = start_weights(net, params, draws)
-    batch, length = inputs.shape
-    carry = Carry({layer: layers[layer].init(w0[layer]) for layer in LAYERS},
-                  jnp.zeros((batch, net.hidden_size)), jnp.zeros(batch))
-    teacher, teach_on = teaching_signal(inputs, targets, mask)
-    xs = (jnp.arange(length), inputs.T, targets.T, teacher.T, teach_on.T)
-    step = functools.partial(_step, net, layers, draws.noise_keys, emit)
+    carry, xs = lifetime_start(net, params, draws, inputs, targets, mask, dense)
+    step = lifetime_step(net, params, draws, emit, dense)
     # Only the last step can lack a teacher (every earlier step has a next token), so
     # the scan learns unconditionally and the readout's last update is kept or dropped
     # per sequence afterwards, instead of gating every step's update.
     before_last, outputs = jax.lax.scan(step, carry, jax.tree.map(lambda x: x[:-1], xs))
     final, last = step(before_last, jax.tree.map(lambda x: x[-1], xs))
     if "out" in net.plastic_layers:
-        keep = teach_on[:, -1] > 0
+        keep = xs[-1][-1] > 0
         final.stores["out"] = jax.tree.map(
             lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
             final.stores["out"], before_last.stores["out"])
     outputs = jax.tree.map(lambda seq, x: jnp.moveaxis(jnp.concatenate([seq, x[None]]), 0, 1),
                            outputs, last)
+    length = inputs.shape[1]
     w_end = {layer: layers[layer].weights(final.stores[layer], length) for layer in LAYERS}
+    w0 = start_weights(net, params, draws)
     return outputs, (w0, w_end)
 
 

@@ -1,5 +1,5 @@
-"""Run directories, shared by both outer loops (ES in ``plastix.evolve``, gradient descent
-in ``plastix.train``).
+"""Run directories, shared by the outer loops (ES in ``plastix.evolve``, meta-learning by
+gradient in ``plastix.metagrad``, model training in ``plastix.train``).
 
 A run directory holds
 
@@ -15,7 +15,8 @@ appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` d
 
 Resuming means: refuse if the saved config differs from the current one in any key the
 caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
-metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on.
+metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on
+(:func:`run_blocks` does the last three for a loop that advances in logged blocks).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -256,3 +258,65 @@ class MetricsLog:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         return kept
+
+
+# --- a loop of logged, checkpointed blocks ---------------------------------------------------
+
+
+def run_blocks(
+    state: Any,
+    total: int,
+    advance: Callable[[Any, int, int], tuple[Any, dict]],
+    out_dir: str | os.PathLike | None = None,
+    log_every: int = 10,
+    resume: bool = False,
+    on_log: Callable[[dict], None] | None = None,
+    step_key: str = "step",
+    place: Callable[[Any], Any] = lambda state: state,
+    time_budget_s: float | None = None,
+) -> tuple[Any, list[dict]]:
+    """Advance ``state`` to step ``total`` in blocks of ``log_every`` steps, one record and
+    one checkpoint per block.
+
+    ``advance(state, first, count) -> (state, record)`` runs steps ``first .. first+count-1``
+    and describes them in ``record`` (which carries the step reached under ``step_key``).
+    With ``out_dir`` records go to its ``metrics.jsonl`` and the state to its checkpoint;
+    with ``resume`` the loop restarts from that checkpoint (read into ``state``'s
+    structure, then ``place``d) and drops the records logged after it, so it ends exactly
+    as an uninterrupted run would when ``advance`` depends on the step index only. Without
+    ``resume`` the directory's old checkpoint and records are discarded. With
+    ``time_budget_s`` the loop also stops after the first block that ends that many
+    seconds after this call began (for runs compared at equal wall-clock time; where it
+    stops then depends on the machine's speed).
+
+    Returns:
+      ``(final_state, history)``: history is every record of the run, oldest first.
+    """
+    start, history, log, ckpt_path = 0, [], None, None
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        ckpt_path = os.path.join(out_dir, CHECKPOINT)
+        log = MetricsLog(os.path.join(out_dir, METRICS), step_key=step_key)
+        if resume and os.path.exists(ckpt_path):
+            state, start = load_checkpoint(ckpt_path, state)
+        elif os.path.exists(ckpt_path):
+            # A fresh run: a later resume must not pick up the previous run's state.
+            os.remove(ckpt_path)
+        history = log.truncate_to(start)  # the resumed run logs later blocks again
+    state = place(state)
+    step, began = start, time.perf_counter()
+    while step < total:
+        if time_budget_s is not None and time.perf_counter() - began >= time_budget_s:
+            break
+        count = min(log_every, total - step)
+        state, record = advance(state, step, count)
+        step += count
+        history.append(record)
+        if log is not None:
+            # Record first: a kill between the two leaves a record past the checkpoint,
+            # which the resumed run drops and logs again.
+            log.append(record)
+            save_checkpoint(ckpt_path, state, step)
+        if on_log is not None:
+            on_log(record)
+    return state, history

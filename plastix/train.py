@@ -76,7 +76,8 @@ class TrainState(NamedTuple):
 Batch = tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask
 
 
-def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float | optax.Schedule,
+                   clip_norm: float) -> optax.GradientTransformation:
     """Adam on gradients whose global norm is clipped to ``clip_norm``."""
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
 

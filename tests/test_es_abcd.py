@@ -182,3 +182,55 @@ def test_large_coefficient_arrays_print_as_a_summary():
     assert es_abcd.summarise(np.array([1.23456, 2.0])) == [1.235, 2.0]
     summary = es_abcd.summarise(np.arange(40.0).reshape(2, 20))
     assert summary == {"shape": [2, 20], "mean": 19.5, "std": 11.54, "min": 0.0, "max": 39.0}
+
+
+def test_gradient_outer_loop_writes_the_same_run_directory_and_resumes(tmp_path):
+    out = str(tmp_path / "run")
+    grad = TINY + ["--outer", "gradient", "--grad-lr", "0.1"]
+    rows = es_abcd.main(grad + ["--out", out])
+    assert rows[0]["model"] == "learned rule (gradient)"
+    assert "Delta rule (readout)" in [r["model"] for r in rows]
+    for name in ("config.json", "metrics.jsonl", "checkpoint.msgpack", "report.md",
+                 "report.json", "fitness.png", "coefficients.png", "weights.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["outer"] == "gradient"
+
+    # The same directory cannot be resumed by the other outer loop, nor with other settings.
+    with pytest.raises(ValueError, match=r"differs in: grad\.learning_rate, outer\)"):
+        es_abcd.main(TINY + ["--out", out, "--resume"])
+    with pytest.raises(ValueError, match=r"differs in: grad\.learning_rate"):
+        es_abcd.main(with_flag(grad, "--grad-lr", "0.2") + ["--out", out, "--resume"])
+
+    # Extended on resume, it equals a run that long from the start.
+    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", out, "--resume", "--no-plots"])
+    straight = str(tmp_path / "straight")
+    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", straight, "--no-plots"])
+    records = []
+    for run in (out, straight):
+        with open(os.path.join(run, "metrics.jsonl")) as f:
+            records.append([{k: v for k, v in json.loads(line).items()
+                             if k not in ("seconds", "lifetimes_per_s", "synapse_updates_per_s")}
+                            for line in f])
+    assert [r["step"] for r in records[0]] == [1, 2, 3]
+    assert records[0] == records[1]
+
+
+def test_every_gradient_config_field_has_a_flag_of_its_own():
+    import dataclasses
+
+    from plastix import metagrad
+
+    args = es_abcd.parse_args(["--grad-lr", "0.5", "--grad-lr-decay", "0.9", "--grad-lr-min",
+                               "0.1", "--grad-clip", "2", "--truncation", "5",
+                               "--checkpoint-every", "3", "--batch", "7", "--eval-batch", "9",
+                               "--l2", "0.25", "--l2-reduce", "mean"])
+    grad, es = es_abcd.build_grad_config(args), es_abcd.build_es_config(args)
+    assert dataclasses.astuple(grad) == (0.5, 0.9, 0.1, 2.0, 7, 5, 3, 0.25, "mean", 9)
+    assert (es.lr_decay, es.lr_min) == (0.995, 0.01)  # same-named ES fields untouched
+    assert (es.batch, es.eval_batch, es.l2_penalty) == (7, 9, 0.25)  # one problem for both
+    args = es_abcd.parse_args(["--lr-decay", "0.8"])
+    assert es_abcd.build_grad_config(args).lr_decay == 1.0
+    assert [f.name for f in dataclasses.fields(metagrad.GradConfig)] == [
+        "learning_rate", "lr_decay", "lr_min", "clip_norm", "batch", "truncation",
+        "checkpoint_every", "l2_penalty", "l2_reduce", "eval_batch"]

@@ -2,18 +2,15 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_cpu_devices
 
 from plastix import evolve, plastic, tasks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = tasks.get("assoc_retrieval", num_pairs=2)
 NET = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=16,
                          layer_rules=(("out", "ABCD_lr"),))
@@ -75,7 +72,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path)
 
 def test_one_and_four_devices_agree():
     """The population sharded over 4 CPU devices gives the 1-device result."""
-    script = textwrap.dedent("""
+    stdout = run_on_cpu_devices("""
         import jax, numpy as np
         from plastix import evolve, plastic, tasks
         assert len(jax.devices()) == 4, jax.devices()
@@ -93,12 +90,7 @@ def test_one_and_four_devices_agree():
         np.testing.assert_allclose(means[0], means[1], rtol=1e-5, atol=1e-6)
         print("AGREE", float(np.abs(means[0] - means[1]).max()))
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "AGREE" in out.stdout
+    assert "AGREE" in stdout
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,10 @@ Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
 `competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
 `polynomial` (polynomial and its variants polynomial_mod, multilinear,
 multilinear_mod), `error_driven` (delta, chl, generec, err_credit), `structural`
-(hebbian_mask), `fast_weights` (fast_weight_ba, fast_weight_delta) and `modulation`
-(the `modulated` three-factor wrapper).
+(hebbian_mask), `fast_weights` (fast_weight_ba, fast_weight_delta), `differentiable`
+(diff_hebb, diff_oja, backpropamine, backpropamine_retro: a learned plastic trace on top
+of learned weights, ``w = w0 + alpha * Hebb``) and `modulation` (the `modulated`
+three-factor wrapper).
 """
 
 from plastix.rules._core import (
@@ -35,6 +37,9 @@ from plastix.rules.abcd import (
     A, ABC, ABC_lr, ABCD, ABCD_lr, ABCD_lr_D_in_and_out, ABCD_lr_D_out, AD, AD_lr,
 )
 from plastix.rules.competitive import instar, krotov, soft_wta
+from plastix.rules.differentiable import (
+    PlasticTrace, RetroactiveTrace, backpropamine, backpropamine_retro, diff_hebb, diff_oja,
+)
 from plastix.rules.error_driven import ErrCreditState, PlusPhase, chl, delta, err_credit, generec
 from plastix.rules.fast_weights import fast_weight_ba, fast_weight_delta
 from plastix.rules.hebbian import (
@@ -51,5 +56,5 @@ __all__ = [
     "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
     "register", "modulated", "apply_mask",
     "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
-    "HebbianMaskState", *REGISTRY,
+    "HebbianMaskState", "PlasticTrace", "RetroactiveTrace", *REGISTRY,
 ]
