@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from plastix import rules, runs
+from plastix import rules, runs, train
 
 # Inputs are scaled as in the reference code: a saturating drive clamps a unit to its
 # input bit while a pattern is shown, so the trace records the pattern itself.
@@ -172,10 +172,6 @@ def batch_loss(net: Net, params: dict, episodes):
     return jnp.mean(mse), jnp.mean(wrong)
 
 
-def make_optimizer(lr: float, clip: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr))
-
-
 def train_updates(net: Net, task: Task, opt, batch: int, params, opt_state, seed_key, first,
                   count: int):
     """``count`` Adam updates (``lax.scan``) on fresh episodes; the episodes of update
@@ -198,7 +194,7 @@ def held_out(task: Task, episodes: int):
 
 def train_arm(net: Net, task: Task, args, test_curve, test_final) -> dict:
     """Trains every seed at once (``vmap``); held-out scores every ``--eval-every``."""
-    opt = make_optimizer(args.lr, args.clip)
+    opt = train.make_optimizer(args.lr, args.clip)
     seed_keys = jax.vmap(jax.random.key)(jnp.asarray(args.seeds))
     params = jax.vmap(lambda k: init_params(net, jax.random.fold_in(k, 0)))(seed_keys)
     opt_state = jax.vmap(opt.init)(params)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import rules
+from plastix import rules, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -239,7 +239,7 @@ def test_plastic_net_with_alpha_zero_is_the_non_plastic_net():
 
 def test_training_lowers_the_loss_on_its_batch():
     net = pc.Net(SMALL.bits, "diff_hebb")
-    opt = pc.make_optimizer(1e-2, 1.0)
+    opt = train.make_optimizer(1e-2, 1.0)
     key = jax.random.key(4)
     # The episodes of update u come from fold_in(key, u): starting again at u = 0
     # scores the trained parameters on the batch they were trained on.
