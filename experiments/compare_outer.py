@@ -194,7 +194,7 @@ def format_report(args, results: list[dict], hands: list[dict]) -> str:
         lines += ["", "| coefficient | " + " | ".join(columns) + " |",
                   "|---|" + "---|" * len(columns)]
         for name in names:
-            lines.append(f"| {name} | " + " | ".join(
+            lines.append(f"| {name.replace('|', '&#124;')} | " + " | ".join(
                 f"{r['coefficients'][name]:+.3g}" for r in mine) + " |")
         lines.append("")
     return "\n".join(lines)
