@@ -118,6 +118,7 @@ def test_vocabulary_mismatch_is_named():
         evolve.make_evolution(net, TASK, CFG, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_other_evosax_strategies_run():
     for name in ("SNES", "CMA_ES"):
         cfg = evolve.ESConfig(strategy=name, population=8, batch=4)
