@@ -584,7 +584,8 @@ def run_lifetimes(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, t
     before_last, outputs = jax.lax.scan(step, carry, jax.tree.map(lambda x: x[:-1], xs))
     final, last = step(before_last, jax.tree.map(lambda x: x[-1], xs))
     if "out" in net.plastic_layers:
-        keep = xs[-1][-1] > 0
+        *_, teach_on = xs  # (T, B): whether step t has a teacher
+        keep = teach_on[-1] > 0
         final.stores["out"] = jax.tree.map(
             lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
             final.stores["out"], before_last.stores["out"])

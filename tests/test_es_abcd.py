@@ -234,3 +234,18 @@ def test_every_gradient_config_field_has_a_flag_of_its_own():
     assert [f.name for f in dataclasses.fields(metagrad.GradConfig)] == [
         "learning_rate", "lr_decay", "lr_min", "clip_norm", "batch", "truncation",
         "checkpoint_every", "l2_penalty", "l2_reduce", "eval_batch"]
+
+
+def test_es_runs_saved_before_the_gradient_loop_are_resumed_as_es_runs(tmp_path):
+    from plastix import runs
+
+    cfg, _ = es_abcd.parse_config(TINY + ["--out", str(tmp_path)])
+    saved = runs.config_dict(cfg)
+    del saved["outer"], saved["grad"]  # the layout of ES runs before --outer existed
+    runs.write_config(tmp_path, saved)
+    runs.check_config(tmp_path, runs.config_dict(cfg), True, es_abcd.MAY_CHANGE_ON_RESUME,
+                      upgrade=es_abcd.upgrade_config)
+    gradient, _ = es_abcd.parse_config(TINY + ["--out", str(tmp_path), "--outer", "gradient"])
+    with pytest.raises(ValueError, match=r"differs in: outer\)"):
+        runs.check_config(tmp_path, runs.config_dict(gradient), True,
+                          es_abcd.MAY_CHANGE_ON_RESUME, upgrade=es_abcd.upgrade_config)
