@@ -35,7 +35,7 @@ import es_abcd  # noqa: E402  (sets the device policy before JAX starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import evolve, metagrad, plastic, runs  # noqa: E402
+from plastix import plastic, runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEXT = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
@@ -73,7 +73,6 @@ PRESETS = {
         es=("--optimizer", "adam", "--lr", "0.1", "--log-every", "5"),
         gradient=("--grad-lr", "0.03", "--log-every", "20")),
 }
-OUTER_LOOPS = ("es", "gradient")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,16 +117,15 @@ def run_one(args, preset: str, outer_name: str, seed: int) -> dict:
     outer = es_abcd.make_outer(cfg)
     runs.write_config(cfg.out, runs.config_dict(cfg))
     print(es_abcd.describe(cfg, outer), flush=True)
-    loop = metagrad.descend if outer_name == "gradient" else evolve.evolve
     began = time.perf_counter()
     # Not resumed: a run killed before its result was written starts again, so that
     # every reported run had one uninterrupted budget.
+    loop = es_abcd.OUTER_LOOPS[outer_name]
     state, history = loop(outer, cfg.seed, cfg.generations, out_dir=cfg.out,
                           log_every=cfg.log_every, time_budget_s=args.budget_s,
                           on_log=lambda r: print(es_abcd.progress_line(r), flush=True))
     seconds = time.perf_counter() - began
-    params = jax.device_get(outer.params(state) if outer_name == "gradient"
-                            else outer.mean(state))
+    params = jax.device_get(outer.params(state))
     nll, accuracy = es_abcd.score(outer.net, outer.task, params, jax.random.key(TEST_SEED),
                                   "test", args.eval_batch)
     updates = history[-1]["step" if outer_name == "gradient" else "generation"]
@@ -204,7 +202,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     results = [run_one(args, preset, outer, seed) for preset in args.presets
-               for seed in args.seeds for outer in OUTER_LOOPS]
+               for seed in args.seeds for outer in es_abcd.OUTER_LOOPS]
     hands = [row for preset in args.presets for row in hand_rows(args, preset)]
     report = format_report(args, results, hands)
     print("\n" + report)

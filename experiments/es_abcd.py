@@ -78,7 +78,8 @@ GRAD_FLAG_NAMES = {
     "lr_min": ("--grad-lr-min",),
     "clip_norm": ("--grad-clip",),
 }
-OUTER_LOOPS = ("es", "gradient")
+# Each outer loop's host loop (the same signature and run directory).
+OUTER_LOOPS = {"es": evolve.evolve, "gradient": metagrad.descend}
 MIB = 2**20
 
 # config.json keys a resumed run may set afresh: its length (the schedules and keys depend
@@ -268,7 +269,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/es_abcd")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--outer", default="es", choices=OUTER_LOOPS,
+    p.add_argument("--outer", default="es", choices=tuple(OUTER_LOOPS),
                    help="what learns the rule: ES (evosax) or gradient descent through the "
                         "lifetime (optax); the same network, loss and starting point")
     add_es_flags(p)
@@ -664,12 +665,11 @@ def main(argv=None) -> list[dict]:
     print(describe(cfg, outer), flush=True)
 
     t0 = time.perf_counter()
-    loop = metagrad.descend if cfg.outer == "gradient" else evolve.evolve
+    loop = OUTER_LOOPS[cfg.outer]
     state, history = loop(outer, cfg.seed, cfg.generations, out_dir=cfg.out,
                           log_every=cfg.log_every, resume=resume,
                           on_log=lambda r: print(progress_line(r), flush=True))
-    learned = jax.device_get(outer.params(state) if cfg.outer == "gradient"
-                             else outer.mean(state))
+    learned = jax.device_get(outer.params(state))
     rows = build_report(outer, learned, cfg.es.eval_batch,
                         label="evolved rule" if cfg.outer == "es" else "learned rule (gradient)")
     report = format_report(rows, task)

@@ -379,6 +379,10 @@ class Evolution:
         """The search mean as an ``init_params`` pytree."""
         return self.unravel(self.strategy.get_mean(state))
 
+    def params(self, state):
+        """What the run has learned: the search mean (as `metagrad.MetaGradient.params`)."""
+        return self.mean(state)
+
     def place(self, state):
         """``state`` as a block of `run` returns it: strong dtypes, whole on every device of
         the mesh. The initial state is weakly typed on one device and a loaded one is

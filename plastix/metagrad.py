@@ -106,6 +106,10 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+# Record fields that measure speed, not results: those of the ES loop's records.
+TIMING_FIELDS = evolve.TIMING_FIELDS
+
+
 class StepMetrics(NamedTuple):
     """One update's figures on its training batch."""
 
@@ -238,6 +242,7 @@ class MetaGradient:
         return TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params))
 
     def params(self, state: TrainState) -> dict:
+        """What the run has learned (as `evolve.Evolution.params`)."""
         return state.params
 
     def _split_batch(self, tree):

@@ -176,8 +176,7 @@ def test_killed_and_resumed_descent_ends_exactly_like_an_uninterrupted_one(tmp_p
     resumed, history = metagrad.descend(meta, 3, 6, resumed_dir, log_every=2, resume=True)
     np.testing.assert_array_equal(_flat(straight.params), _flat(resumed.params))
     np.testing.assert_array_equal(_flat(straight.opt_state), _flat(resumed.opt_state))
-    untimed = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "lifetimes_per_s",
-                                                                "synapse_updates_per_s")}
+    untimed = lambda h: [{k: v for k, v in r.items() if k not in metagrad.TIMING_FIELDS}
                          for r in h]
     assert untimed(history) == untimed(straight_history)
     with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
