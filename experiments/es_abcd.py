@@ -254,6 +254,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--normalise", default="none", choices=plastic.NORMALISATIONS)
     p.add_argument("--modulation", default="none", choices=plastic.MODULATIONS)
     p.add_argument("--weight-noise", type=float, default=0.0)
+    p.add_argument("--normalise-layers", nargs="+", default=list(plastic.LAYERS),
+                   choices=plastic.LAYERS,
+                   help="the plastic layers --normalise and --weight-noise act on (all)")
     p.add_argument("--evolve-init", action="store_true", help="coevolve the initial weights")
     p.add_argument("--readout-bias", action="store_true", help="always-on unit into the readout")
     p.add_argument("--log-rates", action="store_true", help="evolve log(eta) instead of eta")
@@ -301,6 +304,7 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
         evolve_init=args.evolve_init,
         normalise=args.normalise,
         weight_noise=args.weight_noise,
+        normalise_layers=tuple(args.normalise_layers),
         readout_post=args.readout_post,
         modulation=args.modulation,
         readout_bias=args.readout_bias,
@@ -346,6 +350,9 @@ def upgrade_config(saved: dict) -> dict:
     today (flags added since then take their defaults). Runs from before the gradient
     outer loop were ES runs."""
     if "es" in saved:
+        # Network fields added since the run was saved take their defaults.
+        defaults = runs.config_dict(plastic.PlasticRNN(vocab_size=2))
+        saved = {**saved, "net": {**defaults, **saved["net"]}}
         if "outer" in saved:
             return saved
         shared = {name: saved["es"][name] for name in SHARED_FIELDS if name in saved["es"]}

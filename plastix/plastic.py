@@ -72,6 +72,9 @@ class PlasticRNN:
       normalise: after each update, "maxabs" divides each plastic matrix by its
         largest |w| (Najarro & Risi 2020); "l2" scales each row to unit norm.
       weight_noise: std of Gaussian noise added to plastic weights every step.
+      normalise_layers: the plastic layers that ``normalise`` and ``weight_noise``
+        act on (all three by default; ``("in", "rec")`` keeps the readout free while the
+        hidden layers are normalised, as in a reward-modulated Hebbian RNN).
       readout_post: what the readout rule sees as its post activity: the
         teacher's one-hot ("teacher"), the softmax prediction ("prediction"),
         or "auto" (prediction for rules that read a target, teacher otherwise).
@@ -97,6 +100,7 @@ class PlasticRNN:
     evolve_init: bool = False
     normalise: str = "none"
     weight_noise: float = 0.0
+    normalise_layers: tuple[str, ...] = LAYERS
     readout_post: str = "auto"
     modulation: str = "none"
     readout_bias: bool = False
@@ -117,6 +121,12 @@ class PlasticRNN:
             if layer not in LAYERS:
                 raise ValueError(f"unknown layer {layer!r}; layers are {LAYERS}")
             as_rule(rule)  # raises on an unknown rule name
+        # Hashable however given (a list from a command line or config.json).
+        object.__setattr__(self, "normalise_layers", tuple(self.normalise_layers))
+        unknown = set(self.normalise_layers) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"normalise_layers: unknown layer(s) {sorted(unknown)}; layers "
+                             f"are {LAYERS}")
         layers = [layer for layer, _ in self.layer_rules]
         if len(set(layers)) != len(layers):
             raise ValueError(f"each layer takes one rule, got {self.layer_rules}")
@@ -448,12 +458,15 @@ def synapses_for(net: PlasticRNN, layer: str, coeffs: dict | None,
     if layer not in net.plastic_layers:
         return fixed_columns() if one_hot_pre else fixed_synapses()
     rule = net.rule(layer)
+    noise, normalise = net.weight_noise, net.normalise
+    if layer not in net.normalise_layers:
+        noise, normalise = 0.0, "none"
     if dense or rule.outer_affine is None or rule.effective_weights is not None:
-        return dense_synapses(rule, coeffs, net.weight_noise, net.normalise)
+        return dense_synapses(rule, coeffs, noise, normalise)
     terms = rule.outer_affine(coeffs)
-    if one_hot_pre and net.weight_noise == 0 and net.normalise == "none":
+    if one_hot_pre and noise == 0 and normalise == "none":
         return one_hot_columns(terms, net.weight_shapes()[layer])
-    return outer_affine_synapses(terms, net.weight_noise, net.normalise)
+    return outer_affine_synapses(terms, noise, normalise)
 
 
 def layer_synapses(net: PlasticRNN, params: dict, dense: bool = False) -> dict[str, Synapses]:
@@ -518,7 +531,7 @@ def _step(net: PlasticRNN, layers: dict[str, Synapses], neuromod: dict | None, n
             continue
         pre_name, post_name, mod_name = wiring[layer]
         keys = None
-        if net.weight_noise > 0:
+        if net.weight_noise > 0 and layer in net.normalise_layers:
             keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t), 3)[index])(
                 noise_keys)
         new_stores[layer] = layers[layer].learn(

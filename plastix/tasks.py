@@ -464,6 +464,15 @@ def _encode_codes(codes: np.ndarray, vocab_codes: np.ndarray) -> np.ndarray:
     return np.where(known, ids, len(vocab_codes)).astype(np.int32)
 
 
+def encode_text_splits(splits: dict[str, str]) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """``(symbols, {split: int32 ids})`` of a corpus's splits, as the ``text`` task reads
+    them: the sorted characters of the train split, then one unknown token (U+FFFD) for
+    every valid/test character absent from train."""
+    vocab_codes = np.unique(_char_codes(splits["train"]))
+    ids = {split: _encode_codes(_char_codes(part), vocab_codes) for split, part in splits.items()}
+    return tuple(chr(c) for c in vocab_codes) + (UNKNOWN_CHAR,), ids
+
+
 def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 100,
          data_dir: str | None = None) -> Task:
     """Next-character prediction on random windows of a text corpus.
@@ -493,9 +502,8 @@ def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 1
         if len(part) < seq_len + 1:
             raise ValueError(f"the {split} split of {source} has {len(part)} characters, fewer "
                              f"than the {seq_len + 1} a window of seq_len={seq_len} needs")
-    vocab_codes = np.unique(_char_codes(splits["train"]))
-    corpora = {split: jnp.asarray(_encode_codes(_char_codes(part), vocab_codes))
-               for split, part in splits.items()}
+    symbols, ids = encode_text_splits(splits)
+    corpora = {split: jnp.asarray(part) for split, part in ids.items()}
 
     def sample_one(key, split):
         corpus = corpora[split]
@@ -503,7 +511,6 @@ def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 1
         window = jax.lax.dynamic_slice(corpus, (start,), (seq_len + 1,))
         return window[:-1], window[1:], jnp.ones(seq_len, jnp.float32)
 
-    symbols = tuple(chr(c) for c in vocab_codes) + (UNKNOWN_CHAR,)
     return Task("text", len(symbols), seq_len, _batched(sample_one), symbols)
 
 

@@ -321,3 +321,29 @@ def test_effective_weights_keep_the_shape_of_w(name):
         return
     w = _example()[0]
     assert jax.jit(rule.effective_weights)(w, rule.init(w)).shape == w.shape
+
+
+def test_wrapped_rule_names_build_the_wrapped_rule_back():
+    """``modulated(<rule>[, trace_decay])`` is a registry name too: a rule's name builds it
+    again, so a config that saves names saves three-factor rules."""
+    plain = rules.get("modulated(oja)")
+    traced = rules.get("modulated(hebb, 0.9)")
+    assert plain.name == rules.modulated(rules.oja()).name == "modulated(oja)"
+    assert traced.name == rules.modulated(rules.hebb(), trace_decay=0.9).name
+    assert rules.get(plain.name) is plain and rules.get(traced.name) is traced
+    w, pre, post = jnp.ones((2, 3)), jnp.arange(3.0), jnp.array([1.0, -2.0])
+    coeffs = rules.init_coeffs(plain, w.shape, "shared")
+    np.testing.assert_allclose(
+        plain.update(coeffs, plain.init(w), w, pre, post, 0.5)[0],
+        0.5 * rules.oja().update(coeffs, (), w, pre, post, None)[0])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("modulated(nope)", "unknown rule 'nope'"),
+    ("modulated(hebb, fast)", "must be numbers"),
+    ("modulated(hebb", r"expected modulated\(<rule>"),
+    ("modulated(hebb, 1.5)", r"trace_decay must be in \[0, 1\)"),
+])
+def test_bad_wrapped_rule_names_are_named(name, message):
+    with pytest.raises(ValueError, match=message):
+        rules.get(name)

@@ -122,6 +122,9 @@ class Rule(NamedTuple):
 
 REGISTRY: dict[str, Callable[..., Rule]] = {}
 
+# Rule transformers a name may apply, ``"modulated(oja)"``: name -> ``f(rule, *numbers)``.
+WRAPPERS: dict[str, Callable[..., Rule]] = {}
+
 # (name, factory, sorted hyperparameters) -> Rule: equal `get` calls return one value.
 _RULE_CACHE: dict[tuple, Rule] = {}
 
@@ -151,8 +154,16 @@ def get(name: str, **hyper) -> Rule:
     Raises:
         ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names).
     """
+    wrapped = _parse_wrapped(name)
+    if wrapped is not None:
+        wrapper, inner, args = wrapped
+        key = (name, WRAPPERS[wrapper], tuple(sorted(hyper.items())))
+        if key not in _RULE_CACHE:
+            _RULE_CACHE[key] = WRAPPERS[wrapper](get(inner, **hyper), *args)
+        return _RULE_CACHE[key]
     if name not in REGISTRY:
-        raise ValueError(f"unknown rule {name!r}; known rules: {sorted(REGISTRY)}")
+        raise ValueError(f"unknown rule {name!r}; known rules: {sorted(REGISTRY)} "
+                         f"(or {' / '.join(f'{w}(<rule>)' for w in sorted(WRAPPERS))})")
     factory = REGISTRY[name]
     key = (name, factory, tuple(sorted(hyper.items())))
     try:
@@ -162,6 +173,23 @@ def get(name: str, **hyper) -> Rule:
     if key not in _RULE_CACHE:
         _RULE_CACHE[key] = factory(**hyper)
     return _RULE_CACHE[key]
+
+
+def _parse_wrapped(name: str) -> tuple[str, str, tuple[float, ...]] | None:
+    """``(wrapper, inner rule name, numeric args)`` of a name ``wrapper(inner[, x, ...])``
+    such as ``"modulated(oja)"`` or ``"modulated(hebb, 0.9)"``; None for a plain name."""
+    head, paren, rest = name.partition("(")
+    if not paren or head not in WRAPPERS:
+        return None
+    if not rest.endswith(")"):
+        raise ValueError(f"rule name {name!r}: expected {head}(<rule>[, <number>...])")
+    inner, *args = [part.strip() for part in rest[:-1].split(",")]
+    try:
+        numbers = tuple(float(arg) for arg in args)
+    except ValueError:
+        raise ValueError(f"rule name {name!r}: {head}'s arguments after the rule must be "
+                         f"numbers, got {args}") from None
+    return head, inner, numbers
 
 
 def granularity_shape(w_shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from plastix.rules._core import Rule, as_column, make_rule, require_mod
+from plastix.rules._core import WRAPPERS, Rule, as_column, make_rule, require_mod
 
 
 class EligibilityState(NamedTuple):
@@ -32,7 +32,8 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
         applies ``m`` to the immediate update.
 
     Returns:
-      A `Rule` named ``"modulated(<name>)"``, with the wrapped rule's
+      A `Rule` named ``"modulated(<name>)"`` (``"modulated(<name>, <trace_decay>)"``
+      with a trace; `rules.get` builds it back from that name), with the wrapped rule's
       ``effective_weights``; not error-driven (``mod`` is a gate, not a target) and
       without ``outer_affine`` (``m`` is not a coefficient).
 
@@ -44,7 +45,9 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
     if trace_decay is not None and not 0.0 <= trace_decay < 1.0:
         raise ValueError(
             f"modulated({rule.name}): trace_decay must be in [0, 1), got {trace_decay}")
-    name = f"modulated({rule.name})"
+    # The name is also a registry name: `rules.get` builds the same rule back from it.
+    name = (f"modulated({rule.name})" if trace_decay is None
+            else f"modulated({rule.name}, {trace_decay:g})")
 
     def gate(mod):
         return as_column(require_mod(name, mod, "the neuromodulatory third factor"))
@@ -81,3 +84,6 @@ def _on_inner_state(effective_weights):
         return effective_weights(w, state.inner)
 
     return on_inner
+
+
+WRAPPERS["modulated"] = modulated
