@@ -23,7 +23,7 @@ r = -(NLL - running mean)), rows of the hidden matrices L2-normalised after ever
 weight noise, and a readout that learns from the teacher by the 16-term ``multilinear_mod``
 rule (started at zero). Only the hidden rule changes from row to row.
 
-    python experiments/text.py                                   # everything (~1 h, 2-core CPU)
+    python experiments/text.py                                   # everything (hours on 2 CPU cores)
     python experiments/text.py --parts ngrams rules              # some parts
     python experiments/text.py --corpus pg1342.txt --out runs/text_austen   # another book
 
