@@ -114,18 +114,11 @@ def run_one(args, preset: str, outer_name: str, seed: int) -> dict:
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    outer = es_abcd.make_outer(cfg)
-    runs.write_config(cfg.out, runs.config_dict(cfg))
-    print(es_abcd.describe(cfg, outer), flush=True)
     began = time.perf_counter()
     # Not resumed: a run killed before its result was written starts again, so that
     # every reported run had one uninterrupted budget.
-    loop = es_abcd.OUTER_LOOPS[outer_name]
-    state, history = loop(outer, cfg.seed, cfg.generations, out_dir=cfg.out,
-                          log_every=cfg.log_every, time_budget_s=args.budget_s,
-                          on_log=lambda r: print(es_abcd.progress_line(r), flush=True))
+    outer, history, params = es_abcd.run_outer(cfg, resume=False, time_budget_s=args.budget_s)
     seconds = time.perf_counter() - began
-    params = jax.device_get(outer.params(state))
     nll, accuracy = es_abcd.score(outer.net, outer.task, params, jax.random.key(TEST_SEED),
                                   "test", args.eval_batch)
     updates = history[-1]["step" if outer_name == "gradient" else "generation"]

@@ -127,6 +127,8 @@ class RunConfig:
       outer: what learns the parameters: "es" or "gradient".
       grad: the gradient settings (its batch, eval batch and L2 penalty are the ES ones).
       init_mean: where ES starts: "defaults", "zero" or "delta" (``initial_mean``).
+      init_hidden_eta: the rate the hidden layers' rules start from under "zero" and
+        "delta" (the readout starts at eta = 1, or the delta rule's rate).
       seed: seeds the ES run and the starting point.
       generations: how many generations the run lasts (may grow on resume).
       log_every: generations per logged, checkpointed block.
@@ -140,6 +142,7 @@ class RunConfig:
     outer: str = "es"
     grad: metagrad.GradConfig = metagrad.GradConfig()
     init_mean: str = "defaults"
+    init_hidden_eta: float = 1.0
     seed: int = 0
     generations: int = 300
     log_every: int = 10
@@ -263,6 +266,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero", "delta"),
                    help="ES start: the rules' default coefficients, all zero with eta = 1, or "
                         "the readout at the delta rule (eta = 100)")
+    p.add_argument("--init-hidden-eta", type=float, default=1.0,
+                   help="with --init-mean zero or delta: the rate the hidden layers' rules "
+                        "start from (a small one lets the outer loop grow hidden plasticity "
+                        "from nearly none)")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--init-scale", type=float, default=0.1,
                    help="initial weights U(-a, a) each lifetime (Najarro & Risi: 0.1)")
@@ -325,10 +332,13 @@ def build_grad_config(args, cls: type = metagrad.GradConfig) -> metagrad.GradCon
 
 def run_config(args) -> RunConfig:
     """The parsed command line as one frozen config (builds the task for its vocabulary)."""
+    if not 0 < args.init_hidden_eta < math.inf:
+        raise ValueError(f"--init-hidden-eta must be a finite rate > 0, got {args.init_hidden_eta}")
     task = task_config(args)
     return RunConfig(task=task, net=build_net(args, task.build().vocab_size),
                      es=build_es_config(args), outer=args.outer, grad=build_grad_config(args),
-                     init_mean=args.init_mean, seed=args.seed,
+                     init_mean=args.init_mean, init_hidden_eta=args.init_hidden_eta,
+                     seed=args.seed,
                      generations=args.generations, log_every=args.log_every, out=args.out,
                      plots=not args.no_plots)
 
@@ -353,6 +363,8 @@ def upgrade_config(saved: dict) -> dict:
         # Network fields added since the run was saved take their defaults.
         defaults = runs.config_dict(plastic.PlasticRNN(vocab_size=2))
         saved = {**saved, "net": {**defaults, **saved["net"]}}
+        # So do top-level settings added since (their defaults are what the run used).
+        saved = {"init_hidden_eta": RunConfig.init_hidden_eta, **saved}
         if "outer" in saved:
             return saved
         shared = {name: saved["es"][name] for name in SHARED_FIELDS if name in saved["es"]}
@@ -377,7 +389,8 @@ def initial_mean(net: plastic.PlasticRNN, cfg) -> dict:
         return params
     # Built as the rules see them (eta itself), then mapped to what ES evolves.
     coeffs = {
-        layer: {name: jnp.full_like(v, 1.0 if name == "eta" else 0.0)
+        layer: {name: jnp.full_like(v, 0.0 if name != "eta" else
+                                    1.0 if layer == "out" else cfg.init_hidden_eta)
                 for name, v in layer_coeffs.items()}
         for layer, layer_coeffs in plastic.rule_coeffs(net, params).items()
     }
@@ -662,21 +675,30 @@ def progress_line(r: dict) -> str:
             f"{speed}")
 
 
-def main(argv=None) -> list[dict]:
-    cfg, resume = parse_config(argv)
+def run_outer(cfg: RunConfig, resume: bool, time_budget_s: float | None = None):
+    """The run every entry point shares: refuse a mismatched resume, build the outer loop,
+    write ``config.json``, then run the loop with progress lines.
+
+    Returns ``(outer, history, learned)``: the outer loop (its ``net`` and ``task``), the
+    logged records, and the learned parameters on the host.
+    """
     cfg_dict = runs.config_dict(cfg)
     runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
     outer = make_outer(cfg)
-    task, net = outer.task, outer.net
     runs.write_config(cfg.out, cfg_dict)
     print(describe(cfg, outer), flush=True)
+    state, history = OUTER_LOOPS[cfg.outer](
+        outer, cfg.seed, cfg.generations, out_dir=cfg.out, log_every=cfg.log_every,
+        resume=resume, time_budget_s=time_budget_s,
+        on_log=lambda r: print(progress_line(r), flush=True))
+    return outer, history, jax.device_get(outer.params(state))
 
+
+def main(argv=None) -> list[dict]:
+    cfg, resume = parse_config(argv)
     t0 = time.perf_counter()
-    loop = OUTER_LOOPS[cfg.outer]
-    state, history = loop(outer, cfg.seed, cfg.generations, out_dir=cfg.out,
-                          log_every=cfg.log_every, resume=resume,
-                          on_log=lambda r: print(progress_line(r), flush=True))
-    learned = jax.device_get(outer.params(state))
+    outer, history, learned = run_outer(cfg, resume)
+    task, net = outer.task, outer.net
     rows = build_report(outer, learned, cfg.es.eval_batch,
                         label="evolved rule" if cfg.outer == "es" else "learned rule (gradient)")
     report = format_report(rows, task)

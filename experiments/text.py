@@ -67,8 +67,11 @@ LN2 = math.log(2)
 # eta = 100, makes text lifetimes diverge at once), so the outer loop finds its terms.
 READOUT = ("--readout-bias", "--rule-out", "multilinear_mod", "--log-rates",
            "--init-mean", "zero")
+# Hidden rules start at eta = 0.01 (with every term zero): from eta = 1 the meta-gradient
+# could not bring a hidden rule back to the readout rule's score within the budget.
 FIRST_USER = (*READOUT, "--modulation", "reward", "--normalise", "l2",
-              "--normalise-layers", "in", "rec", "--weight-noise", "0.01")
+              "--normalise-layers", "in", "rec", "--weight-noise", "0.01",
+              "--init-hidden-eta", "0.01")
 HIDDEN_RULES = {"Hebb": "hebb", "Oja": "oja", "competitive (instar)": "instar",
                 "covariance": "covariance", "BCM": "bcm", "HPCA": "hpca", "ABCD": "ABCD_lr"}
 
@@ -111,9 +114,9 @@ def rule_cells() -> list[Cell]:
 
 
 def prior_cells() -> list[Cell]:
-    """Meta-learned priors by gradient (three seeds each), the first user's preset with
-    per-neuron coefficients and learned initial weights by ES, and the non-plastic RNN of
-    the same network and budget."""
+    """Meta-learned priors: the non-plastic RNN of the same network and budget,
+    backpropamine, and the first user's preset with learned initial weights, by gradient
+    (three seeds each) and by ES."""
     learned_w0 = ("--evolve-init", "--readout-bias")
     return [
         Cell("rnn_learned_w0", "non-plastic RNN, learned weights (backprop)", "prior",
@@ -121,12 +124,13 @@ def prior_cells() -> list[Cell]:
         Cell("backpropamine", "backpropamine W_rec + readout rule, learned weights", "prior",
              "gradient", (*READOUT, "--evolve-init", "--rule-rec", "backpropamine",
                           "--modulation", "network")),
-        Cell("first_user_post_w0", "first user's preset (ABCD), per-neuron coefficients, "
-             "learned weights", "prior", "gradient",
-             (*hidden_rule_flags("ABCD_lr"), "--granularity", "post", "--evolve-init")),
-        Cell("first_user_post_w0_es", "first user's preset (ABCD), per-neuron coefficients, "
-             "learned weights (ES)", "prior", "es",
-             (*hidden_rule_flags("ABCD_lr"), "--granularity", "post", "--evolve-init")),
+        # Shared coefficients: per-neuron ones (--granularity post) diverge within the
+        # first updates here, as the readout's polynomial rule then grows some rows without
+        # bound (see the README's text section).
+        Cell("first_user_w0", "first user's preset (ABCD), learned weights", "prior",
+             "gradient", (*hidden_rule_flags("ABCD_lr"), "--evolve-init")),
+        Cell("first_user_w0_es", "first user's preset (ABCD), learned weights (ES)", "prior",
+             "es", (*hidden_rule_flags("ABCD_lr"), "--evolve-init")),
     ]
 
 
@@ -164,7 +168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Adam rates tried for the LSTM baseline (chosen on valid, seed 0)")
     p.add_argument("--lstm-hidden", type=int, default=256,
                    help="hidden units of the stand-alone LSTM baseline (part lstm)")
-    p.add_argument("--lstm-steps", type=int, default=3000)
+    p.add_argument("--lstm-steps", type=int, default=6000)
     p.add_argument("--lstm-batch", type=int, default=32)
     p.add_argument("--lstm-lr", type=float, default=3e-3)
     p.add_argument("--log-every", type=int, default=50)
@@ -205,9 +209,14 @@ def windows_at(args, length: int) -> int:
 
 def split_windows(args, length: int, split: str = "test"):
     """The windows every model is scored on: the same for every row of a table."""
+    return _sampled_windows(args.corpus, length, split, windows_at(args, length))
+
+
+@functools.lru_cache(maxsize=16)
+def _sampled_windows(corpus: str, length: int, split: str, count: int):
     seed = TEST_SEED if split == "test" else VALID_SEED
-    task = text_task(args.corpus, length)
-    return jax.device_get(task.sample(jax.random.key(seed), windows_at(args, length), split))
+    task = text_task(corpus, length)
+    return jax.device_get(task.sample(jax.random.key(seed), count, split))
 
 
 def summary(nll: np.ndarray, edges: np.ndarray) -> dict:
@@ -231,12 +240,35 @@ def curve_edges(length: int) -> np.ndarray:
 # --- cells ------------------------------------------------------------------------------
 
 
-def read_result(cell_dir: str) -> dict | None:
+def read_result(args, cell_dir: str, settings: dict) -> dict | None:
+    """A finished cell's result, or None if it has not finished.
+
+    ``settings`` are the result's fields that this invocation would set (its flags, rate,
+    budget), and the windows it is scored on must be this invocation's: a cell finished
+    under other settings is refused, not reported as if it were this run's.
+    """
     path = os.path.join(cell_dir, "result.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        result = json.load(f)
+    expected = {**settings, "scored windows": {str(n): windows_at(args, n) for n in args.lengths}}
+    found = {**{key: result.get(key) for key in settings}, "scored windows": {
+        length: next(iter_summaries(rows))["windows"]
+        for length, rows in result["lengths"].items()}}
+    differs = [key for key in expected if found[key] != expected[key]]
+    if differs:
+        raise ValueError(f"{cell_dir} holds a result made with other settings (differs in: "
+                         f"{', '.join(differs)}); choose another --out or delete it")
+    return result
+
+
+def iter_summaries(rows: dict):
+    """The `summary` dicts of one length's entry: itself, or each of its named rows."""
+    if "windows" in rows:
+        yield rows
+    else:
+        yield from rows.values()
 
 
 def write_result(cell_dir: str, result: dict) -> dict:
@@ -250,7 +282,7 @@ def ngram_cell(args) -> dict:
     """Online n-grams (k and mixture chosen on valid at every length) and train-fitted ones
     (chosen on valid 100-character windows), scored on the test windows."""
     cell_dir = os.path.join(args.out, "ngrams")
-    if (done := read_result(cell_dir)) is not None or args.report_only:
+    if (done := read_result(args, cell_dir, {})) is not None or args.report_only:
         return done
     vocab = text_task(args.corpus, args.lengths[0]).vocab_size
     _, ids = tasks.encode_text_splits(tasks.read_text_splits(args.corpus))
@@ -315,22 +347,14 @@ def score_plastic(args, net: plastic.PlasticRNN, params: dict, probe_token: int)
 def meta_cell(args, cell: Cell, seed: int, probe_token: int) -> dict:
     """One ``es_abcd.py`` run (resumed if killed), then scored at every lifetime length."""
     cell_dir = os.path.join(args.out, "meta", f"{cell.name}_s{seed}")
-    if (done := read_result(cell_dir)) is not None or args.report_only:
-        return done
     flags = cell_flags(args, cell, seed, cell_dir)
+    if (done := read_result(args, cell_dir, {"flags": flags})) is not None or args.report_only:
+        return done
     cfg, _ = es_abcd.parse_config(flags)
-    resume = os.path.exists(os.path.join(cell_dir, runs.CHECKPOINT))
-    runs.check_config(cell_dir, runs.config_dict(cfg), resume, es_abcd.MAY_CHANGE_ON_RESUME,
-                      upgrade=es_abcd.upgrade_config)
-    outer = es_abcd.make_outer(cfg)
-    runs.write_config(cell_dir, runs.config_dict(cfg))
-    print(es_abcd.describe(cfg, outer), flush=True)
     began = time.perf_counter()
-    state, history = es_abcd.OUTER_LOOPS[cfg.outer](
-        outer, cfg.seed, cfg.generations, out_dir=cell_dir, log_every=cfg.log_every,
-        resume=resume, on_log=lambda r: print(es_abcd.progress_line(r), flush=True))
+    outer, history, params = es_abcd.run_outer(
+        cfg, resume=os.path.exists(os.path.join(cell_dir, runs.CHECKPOINT)))
     seconds = time.perf_counter() - began
-    params = jax.device_get(outer.params(state))
     n_params = sum(np.size(x) for x in jax.tree.leaves(params))
     return write_result(cell_dir, {
         "cell": dataclasses.asdict(cell), "seed": seed, "flags": flags,
@@ -368,7 +392,8 @@ def backprop_cell(args, name: str, label: str, model, seed: int, steps: int, bat
     """``plastix.train.fit`` on the training windows, scored like the plastic networks."""
     tag = f"{name}_lr{lr:g}_s{seed}"
     cell_dir = os.path.join(args.out, "backprop", tag)
-    if (done := read_result(cell_dir)) is not None or args.report_only:
+    settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed}
+    if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
         return done
     task = text_task(args.corpus, args.train_length)
     every = min(args.log_every, steps)
@@ -594,6 +619,13 @@ def save_plots(args, results: dict) -> None:
     plt.close(fig)
 
 
+def without_dynamics(results: dict) -> dict:
+    """The report's results less the per-chunk weight probes, which stay in each cell's
+    ``result.json`` (they are long and only the plot reads them)."""
+    return {part: [{k: v for k, v in row.items() if k != "dynamics"} for row in value]
+            if isinstance(value, list) else value for part, value in results.items()}
+
+
 def chosen(args, cells: list[Cell]) -> list[Cell]:
     return [cell for cell in cells if args.cells is None or cell.name in args.cells]
 
@@ -632,7 +664,8 @@ def main(argv=None) -> dict:
     print("\n" + report)
     runs.atomic_write(os.path.join(args.out, "report.md"), (report + "\n").encode())
     runs.atomic_write(os.path.join(args.out, "report.json"),
-                      json.dumps({"args": vars(args), "results": results}, indent=1).encode())
+                      json.dumps({"args": vars(args), "results": without_dynamics(results)},
+                                 indent=1).encode())
     if not args.no_plots:
         save_plots(args, results)
     print(f"wrote {args.out}/report.md, report.json"

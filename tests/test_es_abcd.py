@@ -85,6 +85,27 @@ def test_delta_start_is_the_delta_rule():
         es_abcd.initial_mean(es_abcd.build_net(args, 37), args)
 
 
+def test_hidden_rules_start_at_init_hidden_eta():
+    """--init-hidden-eta sets the hidden layers' starting rate, not the readout's, through
+    the log-rate mapping; a rate that is not finite and positive is named."""
+    import numpy as np
+
+    from plastix import plastic
+
+    args = es_abcd.parse_args(["--rule-in", "hebb", "--rule-rec", "oja", "--rule-out",
+                               "multilinear_mod", "--hidden", "8",
+                               "--init-mean", "zero", "--log-rates",
+                               "--init-hidden-eta", "0.01"])
+    net = es_abcd.build_net(args, 37)
+    coeffs = plastic.rule_coeffs(net, es_abcd.initial_mean(net, args))
+    for layer in ("in", "rec"):
+        np.testing.assert_allclose(coeffs[layer]["eta"], 0.01, rtol=1e-6)
+    np.testing.assert_allclose(coeffs["out"]["eta"], 1.0, rtol=1e-6)
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="--init-hidden-eta must be a finite rate > 0"):
+            es_abcd.run_config(es_abcd.parse_args(["--init-hidden-eta", bad]))
+
+
 def test_resume_refuses_a_changed_es_setting_but_not_a_changed_budget(tmp_path):
     from plastix import runs
 

@@ -69,6 +69,12 @@ def test_rules_and_ngrams_report_and_are_read_back(corpus, tmp_path):
     again = text.main(argv)
     assert os.stat(cell).st_mtime_ns == stamp  # read back, not run again
     assert again["rules"] == json.loads(json.dumps(results["rules"]))
+    # A finished cell is never reported for a run with other settings.
+    with pytest.raises(ValueError, match="readout_only_s0 holds a result made with other "
+                                         "settings \\(differs in: flags\\)"):
+        text.main([*argv, "--rule-updates", "3"])
+    with pytest.raises(ValueError, match="differs in: scored windows"):
+        text.main([*argv, "--test-chars", "240", "--parts", "rules"])
 
 
 @pytest.mark.slow
