@@ -443,13 +443,19 @@ def lstm_aim_cell(args) -> dict:
 # --- report -----------------------------------------------------------------------------
 
 
+# A lifetime mean this far above uniform (6 bits for 66 symbols) is a lifetime whose
+# weights ran away while staying finite: shown as such, not as a score to the third decimal.
+RUNAWAY_BITS = 100.0
+
+
 def bits_cell(row: dict, length) -> str:
     s = row["lengths"].get(str(length))
     if s is None:
         return "–"
     if s["diverged"] == 1:
         return f"diverged (all {s['windows']} windows)"
-    text = f"{s['bits']:.3f} ± {s['sem']:.3f}"
+    text = f"{s['bits']:.3f} ± {s['sem']:.3f}" if s["bits"] < RUNAWAY_BITS else \
+        f"runaway ({s['bits']:.1e})"
     if s["diverged"] > 0:
         text += f" ({100 * s['diverged']:.0f}% diverged)"
     return text
@@ -476,6 +482,8 @@ def seed_mean(rows: list[dict], length) -> str:
               if r["lengths"][str(length)]["diverged"] < 1]
     if not values:
         return "diverged"
+    if np.mean(values) >= RUNAWAY_BITS:
+        return f"runaway ({np.mean(values):.1e}, n={len(values)})"
     spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
     return f"{np.mean(values):.3f}{spread} (n={len(values)})"
 
