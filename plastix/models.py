@@ -25,6 +25,11 @@ store under the rule ``fast_weight_ba`` or ``fast_weight_delta`` (``drive`` read
 fast matrix, ``learn`` writes it), so the gradient path and the ES path share one
 plastic-layer protocol; the attention form is another store of the same layer.
 
+Image classifiers (:func:`make_classifier`) map the pixel vector of each step of a
+``(batch, T, pixels)`` input to class logits (the ``digits`` task has T = 1):
+``mlp`` (one ReLU hidden layer) and ``cnn`` (two convolutions and a dense layer). Their
+last layer is called ``logits``, as in :class:`TokenModel`.
+
 Layer norm always normalises each example over its own hidden features. (The public
 TensorFlow reference of the fast-weights model took the moments over the batch axis, which
 makes one sequence's hidden state depend on the other sequences in its batch; its GRU-LN fed
@@ -405,3 +410,72 @@ def make_model(
     """
     cell = make_cell(name, hidden_size, seq_len, **hyper)
     return TokenModel(cell, vocab_size, embed_dim, readout_features)
+
+
+# --- image classifiers ---------------------------------------------------------------------
+
+
+class MLPClassifier(nn.Module):
+    """Pixels -> class logits through one ReLU hidden layer:
+
+    logits = W_2 relu(W_1 x + b_1) + b_2        (layers "hidden" and "logits")
+    """
+
+    num_classes: int
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(..., pixels) float -> (..., num_classes) logits."""
+        h = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        return nn.Dense(self.num_classes, name="logits")(h)
+
+
+class ConvClassifier(nn.Module):
+    """A small CNN on square images given as row-major pixel vectors:
+
+    conv 3x3 (c_1) relu -> conv 3x3 stride 2 (c_2) relu -> flatten -> dense (hidden,
+    linear) -> logits
+
+    The linear dense layer before the readout follows the example network of the "hebbian
+    masks" experiments (conv, conv, fc 128, masked fc 10), so the masked readout ("logits")
+    sees inputs of both signs.
+    """
+
+    num_classes: int
+    hidden: int = 128
+    channels: tuple[int, int] = (16, 32)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(..., side * side) float -> (..., num_classes) logits."""
+        side = int(round(x.shape[-1] ** 0.5))
+        if side * side != x.shape[-1]:
+            raise ValueError(f"ConvClassifier needs square images, got {x.shape[-1]} pixels")
+        images = x.reshape(-1, side, side, 1)
+        h = nn.relu(nn.Conv(self.channels[0], (3, 3), name="conv1")(images))
+        h = nn.relu(nn.Conv(self.channels[1], (3, 3), strides=(2, 2), name="conv2")(h))
+        h = nn.Dense(self.hidden, name="fc")(h.reshape(h.shape[0], -1))
+        logits = nn.Dense(self.num_classes, name="logits")(h)
+        return logits.reshape(*x.shape[:-1], self.num_classes)
+
+
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLPClassifier,
+    "cnn": ConvClassifier,
+}
+
+
+def make_classifier(name: str, num_classes: int, hidden: int = 128, **hyper) -> nn.Module:
+    """The image classifier called ``name`` ("mlp" or "cnn", case-insensitive).
+
+    Example:
+        >>> model = make_classifier("mlp", num_classes=10)
+        >>> params = model.init(jax.random.key(0), jnp.zeros((1, 1, 64)))
+        >>> model.apply(params, jnp.zeros((4, 1, 64))).shape
+        (4, 1, 10)
+    """
+    factory = CLASSIFIERS.get(name.lower())
+    if factory is None:
+        raise ValueError(f"unknown classifier {name!r}; known: {sorted(CLASSIFIERS)}")
+    return factory(num_classes, hidden, **hyper)

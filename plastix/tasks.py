@@ -26,7 +26,10 @@ Held-out splits:
   once from ``seed``, de-duplicated and cut in order, so the splits are disjoint by
   construction (``BA2016_SPLIT_SIZES`` gives the paper's 100k/10k/20k).
 * "text" and "pixels" have real splits: TFDS's cut points for text, TFDS's or a seeded
-  partition's for images.
+  partition's for images; "digits" has the seeded partition of "pixels".
+
+One task is not a token sequence: "digits" classifies 8x8 images whose inputs are float32
+pixel intensities ``(batch, 1, 64)`` (one step, T = 1) and whose targets are class ids.
 
 Example::
 
@@ -552,6 +555,37 @@ def sklearn_digits() -> dict:
             for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:])}
 
 
+def digits_splits() -> dict:
+    """The examples of the ``digits`` task, whole: split -> ``(inputs, targets, mask)``,
+    NumPy arrays of shapes ``(n, 1, 64)`` float32 (row-major pixels in [0, 1]),
+    ``(n, 1)`` int32 (the digit) and ``(n, 1)`` float32 ones; the splits of
+    :func:`sklearn_digits` (1,438 / 179 / 180 images)."""
+    examples = {}
+    for split, (images, labels) in sklearn_digits().items():
+        n = len(labels)
+        examples[split] = (images.reshape(n, 1, -1).astype(np.float32),
+                           labels.reshape(n, 1).astype(np.int32), np.ones((n, 1), np.float32))
+    return examples
+
+
+def digits() -> Task:
+    """Classification of scikit-learn's bundled 8x8 handwritten digits (offline).
+
+    One example is one step (T = 1): ``inputs`` float32 ``(1, 64)``, the image's pixel
+    intensities in [0, 1] row by row; ``targets`` int32 ``(1,)``, the digit 0-9, scored.
+    ``vocab_size`` is the number of classes (10). A batch draws images uniformly, with
+    replacement, from its split; :func:`digits_splits` gives the splits whole, for
+    scoring every image once.
+
+    Reference: Alpaydin & Kaynak, "Optical recognition of handwritten digits" (UCI, 1998),
+    the data scikit-learn bundles as ``load_digits``.
+    """
+    tables = {split: tuple(jnp.asarray(a) for a in data)
+              for split, data in digits_splits().items()}
+    sample = _batched(_row_sampler(tables, to_example=lambda row: row))
+    return Task("digits", 10, 1, sample, tuple(DIGITS))
+
+
 def _load_tfds_images(name: str, data_dir: str | None) -> dict:
     """A TFDS image set via ``tfds.data_source``: train = first 90% of TFDS train,
     valid = last 10%, test = TFDS test. Returns split -> (grey images in [0, 1], labels)."""
@@ -637,6 +671,7 @@ REGISTRY: dict[str, Callable[..., Task]] = {
     "copy": copy,
     "text": text,
     "pixels": pixels,
+    "digits": digits,
     "random_tokens": random_tokens,
 }
 

@@ -11,6 +11,13 @@ Pieces, each a small pure function: :func:`make_optimizer`, :func:`loss_and_metr
 batch on device and update, jitted), :func:`make_evaluate` (jitted), and :func:`fit`, the
 host loop that logs, evaluates and checkpoints into a :mod:`plastix.runs` run directory.
 
+With ``masking`` (a :class:`plastix.masks.HebbianMasking`), named layers carry Hebbian
+masks that prune and regrow their connections during training: the optimiser is wrapped
+so that its state holds the masks, the loss uses the masked forward pass
+(:func:`plastix.masks.apply_with_activity`) and the optimiser steps the masks from the
+layers' activity; the training metrics gain ``sparsity``, ``pruned`` and ``regrown``.
+Without it every number is what it was before masks existed.
+
 Resuming loses nothing: the batch of step i is drawn from ``fold_in(data_key, i)``, so it
 depends on the step only, never on how many processes ran before; a checkpoint holds
 (step, params, optimiser state) and is written atomically; on resume, metrics records past the
@@ -38,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastix import runs, tasks
+from plastix import masks, runs, tasks
 
 # config.json keys a resumed run may set afresh: more steps extend a finished run.
 MAY_CHANGE_ON_RESUME = ("train.steps",)
@@ -76,31 +83,77 @@ class TrainState(NamedTuple):
 Batch = tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask
 
 
-def make_optimizer(learning_rate: float | optax.Schedule,
-                   clip_norm: float) -> optax.GradientTransformation:
-    """Adam on gradients whose global norm is clipped to ``clip_norm``."""
-    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+def make_optimizer(learning_rate: float | optax.Schedule, clip_norm: float,
+                   masking: masks.HebbianMasking | None = None) -> optax.GradientTransformation:
+    """Adam on gradients whose global norm is clipped to ``clip_norm``; with ``masking``,
+    wrapped so that its state carries the Hebbian masks (:meth:`HebbianMasking.wrap`)."""
+    optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+    return optimizer if masking is None else masking.wrap(optimizer)
 
 
-def init_state(key, model, seq_len: int, optimizer: optax.GradientTransformation) -> TrainState:
-    params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))
+def example_inputs(task) -> jax.Array:
+    """Zeros shaped like one example's inputs (batch 1) of ``task``: what a model is
+    initialised on. Only the sampler's output shape is computed (``jax.eval_shape``)."""
+    shape = jax.eval_shape(lambda key: task.sample(key, 1, "train")[0], jax.random.key(0))
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def init_state(key, model, inputs: int | jax.Array,
+               optimizer: optax.GradientTransformation) -> TrainState:
+    """The state before the first step: ``model`` initialised on ``inputs`` (a batch of
+    example inputs, e.g. :func:`example_inputs`; an int ``T`` stands for the token batch
+    ``zeros((1, T), int32)``)."""
+    if isinstance(inputs, int):
+        inputs = jnp.zeros((1, inputs), jnp.int32)
+    params = model.init(key, inputs)
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def loss_and_metrics(params, model, batch: Batch) -> tuple[jax.Array, dict]:
-    """Masked next-token NLL (nats) and accuracy of ``model`` on one batch."""
-    inputs, targets, mask = batch
-    logits = model.apply(params, inputs)
+def scores(logits, batch: Batch) -> tuple[jax.Array, dict]:
+    """Masked next-token NLL (nats) and accuracy of ``logits`` on ``batch``."""
+    _, targets, mask = batch
     loss = tasks.masked_nll(logits, targets, mask)
     return loss, {"loss": loss, "accuracy": tasks.masked_accuracy(logits, targets, mask)}
 
 
-def make_update(model, optimizer: optax.GradientTransformation) -> Callable:
-    """``update(state, batch) -> (state, metrics)``: one optimiser step on ``batch`` (pure)."""
+def loss_and_metrics(params, model, batch: Batch) -> tuple[jax.Array, dict]:
+    """Masked next-token NLL (nats) and accuracy of ``model`` on one batch."""
+    return scores(model.apply(params, batch[0]), batch)
+
+
+def masked_loss_and_metrics(params, model, opt_state, batch: Batch) -> tuple[jax.Array, tuple]:
+    """As :func:`loss_and_metrics` with the masks of ``opt_state`` applied: ``(loss,
+    (metrics, activity))``, ``activity`` the masked layers' (input, output) that the
+    optimiser steps the masks from."""
+    logits, activity = masks.apply_with_activity(model, params, opt_state, batch[0])
+    loss, metrics = scores(logits, batch)
+    return loss, (metrics, activity)
+
+
+def effective_params(state: TrainState, masking: masks.HebbianMasking | None):
+    """The weights the model runs with: ``w * mask`` at the masked layers, else ``params``."""
+    return state.params if masking is None else masks.masked_params(state.params,
+                                                                      state.opt_state)
+
+
+def make_update(model, optimizer: optax.GradientTransformation,
+                masking: masks.HebbianMasking | None = None) -> Callable:
+    """``update(state, batch) -> (state, metrics)``: one optimiser step on ``batch`` (pure).
+
+    With ``masking`` (``optimizer`` from ``make_optimizer(..., masking)``) the forward pass
+    is masked, the masks step from its activity and the metrics gain the mask statistics.
+    """
 
     def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(state.params, model, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if masking is None:
+            grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(state.params, model, batch)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        else:
+            grads, (metrics, activity) = jax.grad(masked_loss_and_metrics, has_aux=True)(
+                state.params, model, state.opt_state, batch)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                                  activity=activity)
+            metrics.update(masks.mask_stats(state.opt_state, opt_state))
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         return TrainState(state.step + 1, params, opt_state), metrics
@@ -108,12 +161,13 @@ def make_update(model, optimizer: optax.GradientTransformation) -> Callable:
     return update
 
 
-def make_train_step(model, task, optimizer, batch_size: int) -> Callable:
+def make_train_step(model, task, optimizer, batch_size: int,
+                    masking: masks.HebbianMasking | None = None) -> Callable:
     """Jitted ``train_step(state, data_key) -> (state, metrics)``.
 
     The batch is sampled on device from ``fold_in(data_key, state.step)``.
     """
-    update = make_update(model, optimizer)
+    update = make_update(model, optimizer, masking)
 
     @jax.jit
     def train_step(state: TrainState, data_key) -> tuple[TrainState, dict]:
@@ -124,7 +178,11 @@ def make_train_step(model, task, optimizer, batch_size: int) -> Callable:
 
 
 def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
-    """Jitted ``evaluate(params, key, split) -> {"loss", "accuracy"}`` over ``num_batches``."""
+    """Jitted ``evaluate(params, key, split) -> {"loss", "accuracy"}`` over ``num_batches``.
+
+    A masked model is scored on its :func:`effective_params` (``w * mask``), which is its
+    masked forward pass; evaluation needs nothing else of the masks.
+    """
 
     def evaluate(params, key, split: str = "valid") -> dict:
         def one_batch(batch_key):
@@ -137,8 +195,10 @@ def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
     return jax.jit(evaluate, static_argnames="split")
 
 
-def run_config(model, task, config: TrainConfig, experiment: Mapping | None = None) -> dict:
-    """What defines a run, as saved in ``config.json``: ``{"experiment": ..., "train": ...}``.
+def run_config(model, task, config: TrainConfig, experiment: Mapping | None = None,
+               masking: masks.HebbianMasking | None = None) -> dict:
+    """What defines a run, as saved in ``config.json``: ``{"experiment": ..., "train": ...}``,
+    plus ``"masking"`` (the :class:`plastix.masks.HebbianMasking`) for a masked run.
 
     ``experiment`` describes what built the model and the task (e.g. a model name, its
     hyperparameters and the task's ``tasks.get`` kwargs). Without it they describe
@@ -147,27 +207,37 @@ def run_config(model, task, config: TrainConfig, experiment: Mapping | None = No
     if experiment is None:
         experiment = {"model": model, "task": {"name": task.name, "vocab_size": task.vocab_size,
                                                "seq_len": task.seq_len}}
-    return runs.config_dict({"experiment": experiment, "train": config})
+    run = {"experiment": experiment, "train": config}
+    if masking is not None:  # absent, not null, so that the configs of older runs still match
+        run["masking"] = masking
+    return runs.config_dict(run)
 
 
 def _to_floats(metrics: dict) -> dict:
     return {name: float(value) for name, value in metrics.items()}
 
 
-def _compiled_functions(model, task, config: TrainConfig) -> tuple[Callable, Callable]:
+def _compiled_functions(model, task, config: TrainConfig,
+                        masking: masks.HebbianMasking | None) -> tuple[Callable, Callable]:
     """(train_step, evaluate) of a run, cached so that a run resumed in the same process
     (or fitted again, or extended, with the same model, task and settings) does not compile
-    again: the key holds only the settings the compiled code depends on."""
-    return _compile(model, task, config.learning_rate, config.clip_norm, config.batch_size,
-                    config.eval_batches)
+    again: each key holds only the settings its compiled code depends on (evaluation reads
+    the effective weights, so runs with and without masks share it)."""
+    return (_compile_train_step(model, task, config.learning_rate, config.clip_norm,
+                                config.batch_size, masking),
+            _compile_evaluate(model, task, config.batch_size, config.eval_batches))
 
 
 @functools.lru_cache(maxsize=4)
-def _compile(model, task, learning_rate: float, clip_norm: float, batch_size: int,
-             eval_batches: int) -> tuple[Callable, Callable]:
-    optimizer = make_optimizer(learning_rate, clip_norm)
-    return (make_train_step(model, task, optimizer, batch_size),
-            make_evaluate(model, task, batch_size, eval_batches))
+def _compile_train_step(model, task, learning_rate: float, clip_norm: float, batch_size: int,
+                        masking: masks.HebbianMasking | None) -> Callable:
+    optimizer = make_optimizer(learning_rate, clip_norm, masking)
+    return make_train_step(model, task, optimizer, batch_size, masking)
+
+
+@functools.lru_cache(maxsize=4)
+def _compile_evaluate(model, task, batch_size: int, eval_batches: int) -> Callable:
+    return make_evaluate(model, task, batch_size, eval_batches)
 
 
 def fit(
@@ -177,6 +247,8 @@ def fit(
     run_dir: str | os.PathLike,
     *,
     experiment: Mapping | None = None,
+    masking: masks.HebbianMasking | None = None,
+    start: Callable[[TrainState], TrainState] | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> TrainState:
     """Train ``model`` on ``task`` for ``config.steps`` steps, resuming from ``run_dir``.
@@ -188,11 +260,17 @@ def fit(
     with a checkpoint is resumed if its saved config equals this run's but for ``steps``,
     and refused (ValueError naming the keys) otherwise. Returns the final
     :class:`TrainState`.
+
+    ``masking`` trains with Hebbian masks (see the module docstring); the masks live in
+    the optimiser state, so checkpoints and resume carry them. ``start`` maps the fresh
+    initial state to the one a new run starts from (e.g. another run's weights and a
+    fixed mask, at a later step); a resumed run starts from its checkpoint instead.
+    What ``start`` does is not in the config: describe it in ``experiment``.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / runs.CHECKPOINT
     resume = checkpoint_path.exists()
-    cfg_dict = run_config(model, task, config, experiment)
+    cfg_dict = run_config(model, task, config, experiment, masking)
     # config.json of runs from before this layout held the TrainConfig alone: only the
     # training settings of such a run can be compared.
     upgrade = lambda saved: saved if "train" in saved else {**cfg_dict, "train": saved}
@@ -200,15 +278,17 @@ def fit(
     runs.write_config(run_dir, cfg_dict)
     log = runs.MetricsLog(run_dir / runs.METRICS, step_key="step")
 
-    optimizer = make_optimizer(config.learning_rate, config.clip_norm)
+    optimizer = make_optimizer(config.learning_rate, config.clip_norm, masking)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-    state = init_state(init_key, model, task.seq_len, optimizer)
+    state = init_state(init_key, model, example_inputs(task), optimizer)
     if resume:
         state, _ = runs.load_checkpoint(checkpoint_path, state)
         print_fn(f"resumed from {checkpoint_path} at step {int(state.step)}")
+    elif start is not None:
+        state = start(state)
     log.truncate_to(int(state.step))  # the resumed run logs later steps again
 
-    train_step, evaluate = _compiled_functions(model, task, config)
+    train_step, evaluate = _compiled_functions(model, task, config, masking)
 
     window, window_start = [], time.perf_counter()
     for step in range(int(state.step) + 1, config.steps + 1):
@@ -218,14 +298,15 @@ def fit(
             mean = _to_floats(jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m)), *window))
             rate = len(window) / (time.perf_counter() - window_start)
             log.append({"step": step, "split": "train", **mean, "steps_per_s": rate})
+            sparse = f"  sparsity {mean['sparsity']:.3f}" if masking is not None else ""
             print_fn(f"step {step:>7}  loss {mean['loss']:.4f}  acc {mean['accuracy']:.4f}"
-                     f"  |g| {mean['grad_norm']:.2f}  {rate:.0f} steps/s")
+                     f"  |g| {mean['grad_norm']:.2f}{sparse}  {rate:.0f} steps/s")
             window, window_start = [], time.perf_counter()
         if step % config.eval_every == 0 or step == config.steps:
-            scores = _to_floats(evaluate(state.params, eval_key, "valid"))
-            log.append({"step": step, "split": "valid", **scores})
-            print_fn(f"step {step:>7}  valid loss {scores['loss']:.4f}"
-                     f"  acc {scores['accuracy']:.4f}")
+            valid = _to_floats(evaluate(effective_params(state, masking), eval_key, "valid"))
+            log.append({"step": step, "split": "valid", **valid})
+            print_fn(f"step {step:>7}  valid loss {valid['loss']:.4f}"
+                     f"  acc {valid['accuracy']:.4f}")
             if not window:  # keep evaluation time out of the next steps/s figure
                 window_start = time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.steps:

@@ -169,3 +169,34 @@ def test_attention_store_forms_the_explicit_fast_matrix():
         stores = [s.learn(st, h, h, None, None, None) for s, st in zip((explicit, attention), stores)]
     np.testing.assert_allclose(attention.weights(stores[1], None), explicit.weights(stores[0], None),
                                rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ image classifiers
+
+
+@pytest.mark.parametrize("name", sorted(models.CLASSIFIERS))
+def test_classifiers_map_each_step_to_logits_and_fit_a_tiny_batch(name):
+    task = tasks.get("digits")
+    batch = task.sample(jax.random.key(0), 8)
+    hyper = {"channels": (4, 4)} if name == "cnn" else {}
+    model = models.make_classifier(name, 10, hidden=16, **hyper)
+    optimizer = optax.adam(1e-2)
+    state = train.init_state(jax.random.key(1), model, train.example_inputs(task), optimizer)
+    assert model.apply(state.params, batch[0]).shape == (8, 1, 10)
+    assert state.params["params"]["logits"]["kernel"].shape == (16, 10)
+    update = train.make_update(model, optimizer)
+
+    @jax.jit
+    def run(state):
+        return jax.lax.scan(lambda s, _: update(s, batch), state, length=60)
+
+    _, metrics = run(state)
+    assert float(metrics["accuracy"][-1]) == 1.0
+
+
+def test_unknown_classifier_lists_known_ones():
+    with pytest.raises(ValueError, match=r"unknown classifier 'resnet'.*'cnn', 'mlp'"):
+        models.make_classifier("resnet", 10)
+    with pytest.raises(ValueError, match="square images"):
+        model = models.make_classifier("cnn", 10)
+        model.init(jax.random.key(0), jnp.zeros((1, 1, 60)))

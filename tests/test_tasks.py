@@ -294,6 +294,25 @@ def test_pixels_label_mode_scores_the_class_at_the_end():
     assert set(np.unique(targets[:, -1] - 4)) == set(range(10))
 
 
+def test_digits_task_gives_pixel_vectors_and_class_targets():
+    task = tasks.get("digits")
+    assert (task.name, task.vocab_size, task.seq_len) == ("digits", 10, 1)
+    inputs, targets, mask = sample_np(task, "valid")
+    assert inputs.shape == (BATCH, 1, 64) and inputs.dtype == np.float32
+    assert targets.shape == mask.shape == (BATCH, 1) and targets.dtype == np.int32
+    assert 0.0 <= inputs.min() and inputs.max() <= 1.0 and np.all(mask == 1.0)
+    assert set(np.unique(targets)) == set(range(10))
+    splits = tasks.digits_splits()
+    assert [len(splits[s][0]) for s in tasks.SPLITS] == [1438, 179, 180]
+    rows = {row.tobytes(): label for row, label in zip(splits["valid"][0], splits["valid"][1])}
+    for row, label in zip(inputs, targets):  # sampled from the valid split, labels intact
+        assert rows[row.tobytes()] == label
+    again = tasks.digits_splits()
+    for split in tasks.SPLITS:
+        for a, b in zip(splits[split], again[split]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_quantise_row_major_and_pooling():
     image = np.array([[[0.0, 0.3], [0.6, 1.0]]])
     np.testing.assert_array_equal(tasks.quantise(image, levels=4), [[0, 1, 2, 3]])

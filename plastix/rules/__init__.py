@@ -47,14 +47,16 @@ from plastix.rules.hebbian import (
 )
 from plastix.rules.modulation import EligibilityState, modulated
 from plastix.rules.polynomial import multilinear, multilinear_mod, polynomial, polynomial_mod
-from plastix.rules.structural import HebbianMaskState, apply_mask, hebbian_mask
+from plastix.rules.structural import (
+    HebbianMaskState, apply_mask, check_mask_thresholds, hebbian_mask, step_mask,
+)
 
 # Fixed at import time: the helpers plus every rule registered by now. A rule
 # registered later is reachable through `get` but is not a module attribute, so it
 # stays out of the star-import.
 __all__ = [
     "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
-    "register", "modulated", "apply_mask",
+    "register", "modulated", "apply_mask", "step_mask", "check_mask_thresholds",
     "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
     "HebbianMaskState", "PlasticTrace", "RetroactiveTrace", *REGISTRY,
 ]

@@ -20,6 +20,34 @@ def apply_mask(w, state: HebbianMaskState):
     return w * state.mask
 
 
+def check_mask_thresholds(owner: str, prune_below: float, regrow_above: float,
+                          limit: float) -> None:
+    """One-line ValueError unless ``-limit < prune_below <= regrow_above < limit``: both
+    thresholds must be reachable by the clipped value, and pruning must not need more
+    agreement than regrowth (the band between them is the hysteresis)."""
+    if not -limit < prune_below <= regrow_above < limit:
+        raise ValueError(
+            f"{owner}: need -limit < prune_below <= regrow_above < limit, got "
+            f"limit={limit}, prune_below={prune_below}, regrow_above={regrow_above}")
+
+
+def step_mask(state: HebbianMaskState, agreement, rate, prune_below: float,
+              regrow_above: float, limit: float) -> HebbianMaskState:
+    """One step of the Hebbian mask, elementwise (any layout, any shape):
+
+    ``h <- clip(h + rate * agreement, -limit, limit)``
+    ``mask <- 0 where h < prune_below;  1 where h > regrow_above;  else unchanged``
+
+    ``agreement`` is the sign agreement of each synapse's two neurons: one example's
+    ``sign(post) sign(pre)^T`` in the `hebbian_mask` rule, its mean over a batch in
+    `plastix.masks`.
+    """
+    value = jnp.clip(state.value + rate * agreement, -limit, limit)
+    mask = jnp.where(value < prune_below, 0.0,
+                     jnp.where(value > regrow_above, 1.0, state.mask))
+    return HebbianMaskState(value, mask.astype(state.mask.dtype))
+
+
 @register
 def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
                  limit: float = 2.0) -> Rule:
@@ -33,6 +61,8 @@ def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
     which is the rule's ``effective_weights``. Between the two thresholds the mask keeps its value
     (hysteresis), so a synapse does not flicker; clipping ``h`` to ``[-limit, limit]``
     keeps a long-agreeing synapse able to be pruned after ``~2 limit / rate`` steps.
+    The step itself is `step_mask`, shared with the masks of gradient-trained layers
+    (`plastix.masks`).
 
     Args:
       prune_below: ``h`` below this disconnects a synapse.
@@ -43,10 +73,7 @@ def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
       Hebbian pruning and regrowth in the spirit of Chechik, Meilijson, Ruppin,
       "Synaptic pruning in development", Neural Computation 10 (1998).
     """
-    if not -limit < prune_below <= regrow_above < limit:
-        raise ValueError(
-            "rule 'hebbian_mask': need -limit < prune_below <= regrow_above < limit, got "
-            f"limit={limit}, prune_below={prune_below}, regrow_above={regrow_above}")
+    check_mask_thresholds("rule 'hebbian_mask'", prune_below, regrow_above, limit)
 
     def init(w):
         return HebbianMaskState(jnp.zeros_like(w), jnp.ones_like(w))
@@ -54,10 +81,9 @@ def hebbian_mask(prune_below: float = -1.0, regrow_above: float = 1.0,
     def update(coeffs, state, w, pre, post, mod):
         del mod
         agreement = outer(jnp.sign(post), jnp.sign(pre))
-        value = jnp.clip(state.value + coeffs["rate"] * agreement, -limit, limit)
-        mask = jnp.where(value < prune_below, 0.0,
-                         jnp.where(value > regrow_above, 1.0, state.mask)).astype(w.dtype)
-        return jnp.zeros_like(w), HebbianMaskState(value, mask)
+        value, mask = step_mask(state, agreement, coeffs["rate"], prune_below, regrow_above,
+                                limit)
+        return jnp.zeros_like(w), HebbianMaskState(value, mask.astype(w.dtype))
 
     return make_rule("hebbian_mask", update, {"rate": 0.1}, init,
                      effective_weights=apply_mask)

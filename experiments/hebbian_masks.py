@@ -1,0 +1,714 @@
+"""Hebbian masks on gradient-trained layers: how many of a readout's connections can a
+Hebbian rule prune while training, at what cost in error, against magnitude pruning and
+random masks of the same sparsity.
+
+The masked layer is the final one of each model (as in the original "hebbian masks"
+experiment, which wrapped the final layer of a wide ResNet and reported over 90% of its
+synapses pruned at the same validation error):
+
+* ``mlp``: scikit-learn's 8x8 digits, MLP 64 -> 128 ReLU -> 10; the 128 -> 10 layer.
+* ``cnn``: the same digits, a small CNN (two convolutions, a linear dense layer of 128);
+  its 128 -> 10 readout.
+* ``lm``: next-character prediction on ``--corpus`` (tiny-shakespeare by default), an LSTM
+  whose state feeds the logits directly; the hidden -> vocabulary readout.
+
+Per part, over ``--seeds`` (same data stream and initial weights per seed):
+
+* **dense**: no mask.
+* **Hebbian**: `plastix.masks` on the readout. Several settings of the rule (``SETTINGS``)
+  are run (at every seed for the digits parts, at the first seed for text:
+  ``--tune-every-seed``) and one is chosen on VALIDATION only: the sparsest whose mean
+  validation score is within the aim's tolerance of dense (0.5 error points for digits,
+  0.02 bits/char for text), or, if none is, the one closest to dense. The chosen setting
+  then runs at every seed.
+* **magnitude** (Han et al. 2015): the dense run's first half, then the smallest |w| of the
+  readout pruned to the Hebbian run's final sparsity (same seed), fine-tuned with that
+  mask fixed for the second half: the same total steps.
+* **random**: a uniformly random fixed mask of that sparsity from step 0.
+
+and a sparsity-versus-error curve (``--curve-parts``): magnitude and random masks at
+``--curve-sparsities`` (first seed), with every Hebbian run as a point.
+
+Every run is a `plastix.train.fit` run directory under ``--out`` with a ``result.json``
+written when it is scored; a finished run is read back and a killed one resumes from its
+checkpoint, so running the same command again completes an interrupted experiment.
+``--out`` receives ``report.md``, ``report.json``, ``sparsity_vs_error.png`` and
+``sparsity_over_time.png``.
+
+    python experiments/hebbian_masks.py                          # everything
+    python experiments/hebbian_masks.py --parts mlp --seeds 0    # one part, one seed
+    python experiments/hebbian_masks.py --quick --out /tmp/hm    # a tiny smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from plastix import masks, models, runs, tasks, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+EMBEDDED = "embedded"  # --corpus value: the short text below, for tests and smoke runs
+VALID_SEED, TEST_SEED, MASK_SEED = 778, 777, 1000
+PARTS = ("mlp", "cnn", "lm")
+LAYER = "logits"  # the masked layer of every model: its readout
+LN2 = math.log(2)
+
+# The rule's settings tried on each part (chosen on validation, see run_part). The
+# first is the rule as plastix.rules.hebbian_mask states it: sign(x) sign(y), no margin;
+# "contribution" weighs it by sign(w), as the original implementation did; "centred"
+# compares each neuron with its batch mean and "margin" is the agreement a connection
+# needs to stay (see plastix.masks).
+THRESHOLDS = dict(prune_below=-0.5, regrow_above=0.5, limit=1.0)  # and --rate
+SETTINGS = {
+    "sign": dict(agreement="sign", margin=0.0),
+    "contribution": dict(agreement="contribution", margin=0.0),
+    "centred_m0.2": dict(agreement="centred", margin=0.2),
+    "centred_m0.35": dict(agreement="centred", margin=0.35),
+    "centred_m0.5": dict(agreement="centred", margin=0.5),
+    "centred_m0.6": dict(agreement="centred", margin=0.6),
+    "centred_m0.7": dict(agreement="centred", margin=0.7),
+    "centred_m0.8": dict(agreement="centred", margin=0.8),
+}
+PART_SETTINGS = {"mlp": tuple(SETTINGS), "cnn": tuple(SETTINGS),
+                 "lm": ("sign", "centred_m0.2", "centred_m0.35", "centred_m0.5")}
+
+EMBEDDED_TEXT = """\
+Shall I compare thee to a summer's day?
+Thou art more lovely and more temperate:
+Rough winds do shake the darling buds of May,
+And summer's lease hath all too short a date;
+Sometime too hot the eye of heaven shines,
+And often is his gold complexion dimm'd;
+And every fair from fair sometime declines,
+By chance or nature's changing course untrimm'd;
+But thy eternal summer shall not fade,
+Nor lose possession of that fair thou ow'st;
+Nor shall death brag thou wander'st in his shade,
+When in eternal lines to time thou grow'st:
+So long as men can breathe or eyes can see,
+So long lives this, and this gives life to thee.
+Let me not to the marriage of true minds
+Admit impediments. Love is not love
+Which alters when it alteration finds,
+Or bends with the remover to remove.
+O no! it is an ever-fixed mark
+That looks on tempests and is never shaken;
+It is the star to every wand'ring bark,
+Whose worth's unknown, although his height be taken.
+Love's not Time's fool, though rosy lips and cheeks
+Within his bending sickle's compass come;
+Love alters not with his brief hours and weeks,
+But bears it out even to the edge of doom.
+If this be error and upon me proved,
+I never writ, nor no man ever loved.
+"""
+
+
+# --quick: the defaults of a smoke run (a few seconds of training per part).
+QUICK = dict(seeds=[0], digits_steps=40, lm_steps=20, log_every=10, digits_hidden=16,
+             cnn_channels=[4, 4], lm_hidden=16, lm_embed=8, lm_seq_len=16, lm_batch=8,
+             lm_eval_batches=2, curve_sparsities=[0.5, 0.9],
+             rate=0.2)  # a rate that prunes within a few steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    name: str
+    label: str
+    unit: str         # of the scores: "error %" or "bits/char"
+    tolerance: float  # the aim: within this of dense on validation
+
+
+PART_INFO = {
+    "mlp": Part("mlp", "digits, MLP 64-128-10 (masked: 128 -> 10)", "error %", 0.5),
+    "cnn": Part("cnn", "digits, CNN (masked: 128 -> 10 readout)", "error %", 0.5),
+    "lm": Part("lm", "characters, LSTM (masked: hidden -> vocabulary readout)", "bits/char",
+               0.02),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/hebbian_masks", help="where runs and report go")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--corpus", default=DEFAULT_CORPUS,
+                   help=f"UTF-8 text for the lm part, or '{EMBEDDED}' for a short built-in one")
+    p.add_argument("--digits-steps", type=int, default=2000)
+    p.add_argument("--digits-batch", type=int, default=64)
+    p.add_argument("--digits-lr", type=float, default=1e-3)
+    p.add_argument("--digits-hidden", type=int, default=128)
+    p.add_argument("--cnn-channels", type=int, nargs=2, default=[8, 16])
+    p.add_argument("--lm-steps", type=int, default=800)
+    p.add_argument("--lm-batch", type=int, default=32)
+    p.add_argument("--lm-lr", type=float, default=3e-3)
+    p.add_argument("--lm-hidden", type=int, default=128)
+    p.add_argument("--lm-embed", type=int, default=32)
+    p.add_argument("--lm-seq-len", type=int, default=64)
+    p.add_argument("--lm-eval-batches", type=int, default=16,
+                   help="batches of 64 windows scored for the lm's valid and test bits/char")
+    p.add_argument("--log-every", type=int, default=40,
+                   help="steps per logged record; must divide half of every part's steps")
+    p.add_argument("--curve-parts", nargs="*", default=list(PARTS), choices=PARTS,
+                   help="parts that get the sparsity-versus-error curve")
+    p.add_argument("--curve-sparsities", type=float, nargs="*",
+                   default=[0.5, 0.8, 0.9, 0.95, 0.98])
+    p.add_argument("--settings", nargs="+", default=None, choices=sorted(SETTINGS),
+                   help="Hebbian settings to tune over (default: each part's own list)")
+    p.add_argument("--tune-every-seed", nargs="*", default=["mlp", "cnn"], choices=PARTS,
+                   help="parts whose Hebbian settings run at every seed and are chosen on "
+                        "the mean validation score (default the digits parts, whose "
+                        "179-image validation split resolves 0.56 points per seed); the "
+                        "others are tuned on the first seed")
+    p.add_argument("--rate", type=float, default=0.01,
+                   help="the Hebbian rule's step per batch (every setting)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny runs (a smoke test): few steps, one seed, small models")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: report the runs already finished under --out")
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(**QUICK)  # flags given explicitly still win
+    args = p.parse_args(argv)
+    for name in ("digits_steps", "digits_batch", "digits_hidden", "lm_steps", "lm_batch",
+                 "lm_hidden", "lm_embed", "lm_seq_len", "lm_eval_batches", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.cnn_channels) < 1:
+        p.error(f"--cnn-channels must be >= 1, got {args.cnn_channels}")
+    for name in ("digits_steps", "lm_steps"):
+        if getattr(args, name) % (2 * args.log_every):
+            p.error(f"--{name.replace('_', '-')} must be a multiple of 2 x --log-every "
+                    f"({2 * args.log_every}), so that the dense run is logged at its half, "
+                    f"got {getattr(args, name)}")
+    for name in ("digits_lr", "lm_lr", "rate"):
+        if not 0 < getattr(args, name) < math.inf:
+            p.error(f"--{name.replace('_', '-')} must be finite and > 0, got "
+                    f"{getattr(args, name)}")
+    if any(not 0 < s < 1 for s in args.curve_sparsities):
+        p.error(f"--curve-sparsities must lie strictly between 0 and 1, got "
+                f"{args.curve_sparsities}")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must be distinct, got {args.seeds}")
+    if "lm" in args.parts and args.corpus != EMBEDDED and not os.path.isfile(args.corpus):
+        p.error(f"--corpus {args.corpus} is not a file")
+    return args
+
+
+# --- models, tasks, scores ------------------------------------------------------------------
+
+
+def corpus_path(args) -> str:
+    if args.corpus != EMBEDDED:
+        return os.path.abspath(args.corpus)
+    path = os.path.join(args.out, "embedded_corpus.txt")
+    if not os.path.exists(path):
+        os.makedirs(args.out, exist_ok=True)
+        runs.atomic_write(path, EMBEDDED_TEXT.encode())
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _text_task(path: str, seq_len: int) -> tasks.Task:
+    return tasks.text(path, seq_len=seq_len)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[tasks.Task, dict]:
+    return tasks.get("digits"), tasks.digits_splits()
+
+
+def part_setup(args, part: str):
+    """``(model, task, description)`` of a part; ``description`` goes into every run's
+    config.json."""
+    if part == "lm":
+        path = corpus_path(args)
+        task = _text_task(path, args.lm_seq_len)
+        model = models.make_model("lstm", task.vocab_size, args.lm_seq_len, args.lm_hidden,
+                                  embed_dim=args.lm_embed, readout_features=0)
+        return model, task, {"model": model, "task": {"name": "text", "path": path,
+                                                      "seq_len": args.lm_seq_len}}
+    task, _ = _digits()
+    hyper = {"channels": tuple(args.cnn_channels)} if part == "cnn" else {}
+    model = models.make_classifier(part, 10, args.digits_hidden, **hyper)
+    return model, task, {"model": model, "task": {"name": "digits"}}
+
+
+def train_config(args, part: str, seed: int) -> train.TrainConfig:
+    """A part's training settings; it evaluates and checkpoints at the half and the end."""
+    lm = part == "lm"
+    steps = args.lm_steps if lm else args.digits_steps
+    return train.TrainConfig(
+        steps=steps, batch_size=args.lm_batch if lm else args.digits_batch,
+        learning_rate=args.lm_lr if lm else args.digits_lr, seed=seed,
+        log_every=args.log_every, eval_every=steps // 2, checkpoint_every=steps // 2,
+        eval_batches=4)
+
+
+def score(args, part: str, model, task, params) -> dict:
+    """Validation and test score of ``params`` (the effective, masked weights): digits,
+    the error in % over every image of the split; text, bits/char over a fixed set of
+    windows (the same for every run)."""
+    if part == "lm":
+        evaluate = _lm_evaluate(model, task, args.lm_eval_batches)
+        return {split: float(evaluate(params, jax.random.key(seed), split)["loss"]) / LN2
+                for split, seed in (("valid", VALID_SEED), ("test", TEST_SEED))}
+    _, splits = _digits()
+    errors = {}
+    for split in ("valid", "test"):
+        inputs, targets, _ = splits[split]
+        predicted = np.argmax(np.asarray(_apply(model)(params, inputs)), axis=-1)
+        errors[split] = 100.0 * float(np.mean(predicted != targets))
+    return errors
+
+
+@functools.lru_cache(maxsize=8)
+def _lm_evaluate(model, task, batches: int):
+    return train.make_evaluate(model, task, 64, batches)
+
+
+@functools.lru_cache(maxsize=8)
+def _apply(model):
+    return jax.jit(model.apply)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def read_result(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_result(run_dir: str, result: dict) -> dict:
+    runs.atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result, indent=1).encode())
+    return result
+
+
+def training_seconds(run_dir: str, log_every: int) -> float:
+    """Seconds the run's own steps took (compilation included), from the steps/s of its
+    logged windows, every one ``log_every`` steps long: a resumed run counts the share
+    of every process."""
+    return sum(log_every / r["steps_per_s"]
+               for r in runs.MetricsLog(os.path.join(run_dir, runs.METRICS)).read()
+               if r["split"] == "train")
+
+
+def mask_history(run_dir: str) -> dict:
+    """Sparsity and the per-step pruned / regrown counts (averaged over each logged window)
+    of a masked run, from its metrics.jsonl."""
+    records = [r for r in runs.MetricsLog(os.path.join(run_dir, runs.METRICS)).read()
+               if r["split"] == "train" and "sparsity" in r]
+    return {key: [r[key] for r in records] for key in ("step", "sparsity", "pruned", "regrown")}
+
+
+def fit_and_score(args, part: str, run_dir: str, method: dict, seed: int,
+                  masking: masks.HebbianMasking | None = None, start=None) -> dict:
+    """One `plastix.train.fit` run (read back if finished, resumed if killed), scored."""
+    if (done := read_result(run_dir)) is not None:
+        if masking is not None and "unconnected_outputs" not in done:  # older result.json
+            checkpoint = os.path.join(run_dir, runs.CHECKPOINT)
+            done.update(mask_summary(saved_state(args, part, checkpoint, masking).opt_state))
+            write_result(run_dir, done)
+        return done
+    model, task, description = part_setup(args, part)
+    tag = f"{part}/{os.path.basename(run_dir)}"
+    config = train_config(args, part, seed)
+    state = train.fit(model, task, config, run_dir, experiment={**description, "method": method},
+                      masking=masking, start=start,
+                      print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
+    result = {"part": part, "seed": seed, **method,
+              "seconds": training_seconds(run_dir, config.log_every),
+              **score(args, part, model, task, train.effective_params(state, masking))}
+    if masking is not None:
+        result.update(mask_summary(state.opt_state), history=mask_history(run_dir))
+    else:
+        result.update(sparsity=0.0, unconnected_outputs=0)
+    return write_result(run_dir, result)
+
+
+def mask_summary(opt_state) -> dict:
+    """The sparsity of the readout's mask, and how many of its outputs it leaves with no
+    connection at all (a class then predicted from its bias alone)."""
+    mask = np.asarray(masks.masks_of(opt_state)[LAYER].mask)  # (in, out)
+    return {"sparsity": masks.sparsity_of(opt_state),
+            "unconnected_outputs": int(np.sum(mask.sum(axis=0) == 0))}
+
+
+def saved_state(args, part: str, checkpoint: str, masking=None) -> train.TrainState:
+    """The state saved in a checkpoint of one of the part's runs."""
+    model, task, _ = part_setup(args, part)
+    config = train_config(args, part, 0)
+    optimizer = train.make_optimizer(config.learning_rate, config.clip_norm, masking)
+    template = train.init_state(jax.random.key(0), model, train.example_inputs(task), optimizer)
+    return runs.load_checkpoint(checkpoint, template)[0]
+
+
+def part_dir(args, part: str) -> str:
+    return os.path.join(args.out, part)
+
+
+def half_path(args, part: str, seed: int) -> str:
+    return os.path.join(part_dir(args, part), f"dense_half_s{seed}.msgpack")
+
+
+def dense_run(args, part: str, seed: int) -> dict:
+    """The dense run, trained in two calls so that its state at half the steps (where
+    magnitude pruning starts) is kept in ``dense_half_s<seed>.msgpack``; fitting N/2
+    steps and then extending to N equals fitting N straight."""
+    run_dir = os.path.join(part_dir(args, part), f"dense_s{seed}")
+    if read_result(run_dir) is None and not os.path.exists(half_path(args, part, seed)):
+        _save_half(args, part, seed, run_dir)
+    return fit_and_score(args, part, run_dir, {"method": "dense"}, seed)
+
+
+def _save_half(args, part: str, seed: int, run_dir: str) -> None:
+    model, task, description = part_setup(args, part)
+    config = train_config(args, part, seed)
+    half = config.steps // 2
+    state = train.fit(model, task, dataclasses.replace(config, steps=half), run_dir,
+                      experiment={**description, "method": {"method": "dense"}},
+                      print_fn=lambda line: print(f"[{part}/dense_s{seed}] {line}", flush=True))
+    runs.save_checkpoint(half_path(args, part, seed), state, half)
+
+
+def dense_half_state(args, part: str, seed: int) -> train.TrainState:
+    """The dense run's state at half its steps (recomputed in a side directory if the
+    saved copy is gone)."""
+    path = half_path(args, part, seed)
+    if not os.path.exists(path):
+        _save_half(args, part, seed, os.path.join(part_dir(args, part), f"dense_half_s{seed}"))
+    return saved_state(args, part, path)
+
+
+def hebbian_masking(args, name: str) -> masks.HebbianMasking:
+    return masks.HebbianMasking((LAYER,), rate=args.rate, **THRESHOLDS, **SETTINGS[name])
+
+
+def hebbian_run(args, part: str, name: str, seed: int) -> dict:
+    run_dir = os.path.join(part_dir(args, part), f"hebbian_{name}_s{seed}")
+    method = {"method": "hebbian", "setting": name}
+    return fit_and_score(args, part, run_dir, method, seed, masking=hebbian_masking(args, name))
+
+
+FIXED = masks.HebbianMasking((LAYER,), fixed=True)
+
+
+def magnitude_run(args, part: str, sparsity: float, seed: int) -> dict:
+    """Dense for the first half (the dense run's own first half), then the readout pruned
+    by magnitude and fine-tuned with the mask fixed to the same total steps."""
+    run_dir = os.path.join(part_dir(args, part), f"magnitude_{sparsity:.6f}_s{seed}")
+    method = {"method": "magnitude", "target_sparsity": sparsity}
+
+    def start(fresh: train.TrainState) -> train.TrainState:
+        half = dense_half_state(args, part, seed)
+        pruned = masks.magnitude_masks(half.params, [LAYER], sparsity)
+        opt_state = fresh.opt_state._replace(inner=half.opt_state)  # the dense run's Adam
+        return train.TrainState(half.step, half.params, masks.with_masks(opt_state, pruned))
+
+    if read_result(run_dir) is None:
+        dense_run(args, part, seed)  # its first half is this run's first half
+    return fit_and_score(args, part, run_dir, method, seed, masking=FIXED, start=start)
+
+
+def random_run(args, part: str, sparsity: float, seed: int) -> dict:
+    run_dir = os.path.join(part_dir(args, part), f"random_{sparsity:.6f}_s{seed}")
+    method = {"method": "random", "target_sparsity": sparsity}
+
+    def start(fresh: train.TrainState) -> train.TrainState:
+        drawn = masks.random_masks(jax.random.key(MASK_SEED + seed), fresh.params, [LAYER],
+                                   sparsity)
+        return fresh._replace(opt_state=masks.with_masks(fresh.opt_state, drawn))
+
+    return fit_and_score(args, part, run_dir, method, seed, masking=FIXED, start=start)
+
+
+# --- the experiment ---------------------------------------------------------------------------
+
+
+def tuning_seeds(args, part: str) -> list[int]:
+    return list(args.seeds) if part in args.tune_every_seed else list(args.seeds[:1])
+
+
+def tuning(dense: dict[int, dict], hebbian: list[dict], seeds: list[int]) -> dict[str, dict]:
+    """Each Hebbian setting's VALIDATION score, gap to dense and sparsity, averaged over the
+    tuning ``seeds`` (settings not yet run at all of them are left out)."""
+    table = {}
+    for name in dict.fromkeys(r["setting"] for r in hebbian):
+        runs_ = {r["seed"]: r for r in hebbian if r["setting"] == name and r["seed"] in seeds}
+        if set(runs_) != set(seeds) or not set(seeds) <= set(dense):
+            continue
+        table[name] = {key: float(np.mean([runs_[s][key] for s in seeds]))
+                       for key in ("valid", "sparsity", "test")}
+        table[name]["gap"] = float(np.mean([runs_[s]["valid"] - dense[s]["valid"]
+                                            for s in seeds]))
+        # Shown beside the choice, never used for it.
+        table[name]["test_gap"] = float(np.mean([runs_[s]["test"] - dense[s]["test"]
+                                                 for s in seeds]))
+    return table
+
+
+def choose_setting(part: Part, table: dict[str, dict], seeds: list[int]) -> tuple[str, str]:
+    """The Hebbian setting reported, from VALIDATION only: the sparsest within the aim's
+    tolerance of dense, else the one closest to dense; and why."""
+    on = f"validation, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    within = [name for name, t in table.items() if t["gap"] <= part.tolerance]
+    if within:
+        best = max(within, key=lambda name: (table[name]["sparsity"], -table[name]["gap"]))
+        return best, f"the sparsest setting within {part.tolerance:g} {part.unit} of dense on {on}"
+    best = min(table, key=lambda name: table[name]["gap"])
+    return best, (f"no setting came within {part.tolerance:g} {part.unit} of dense on {on}; "
+                  "the closest to dense")
+
+
+def run_part(args, part: str) -> dict | None:
+    """Every run of one part, or (with --report-only) those finished; None if none are."""
+    info = PART_INFO[part]
+    first = args.seeds[0]
+    settings = args.settings or PART_SETTINGS[part]
+    if args.report_only:
+        found = [read_result(os.path.join(part_dir(args, part), d))
+                 for d in sorted(os.listdir(part_dir(args, part)))] \
+            if os.path.isdir(part_dir(args, part)) else []
+        found = [r for r in found if r]
+        if not found:
+            return None
+        return collect(args, info, found)
+    dense = {seed: dense_run(args, part, seed) for seed in args.seeds}
+    tune = tuning_seeds(args, part)
+    hebbian = [hebbian_run(args, part, name, seed) for name in settings for seed in tune]
+    chosen, _ = choose_setting(info, tuning(dense, hebbian, tune), tune)
+    hebbian += [hebbian_run(args, part, chosen, seed) for seed in args.seeds if seed not in tune]
+    results = [*dense.values(), *hebbian]
+    for seed in args.seeds:
+        target = hebbian_run(args, part, chosen, seed)["sparsity"]
+        results += [magnitude_run(args, part, target, seed), random_run(args, part, target, seed)]
+    if part in args.curve_parts:
+        for sparsity in args.curve_sparsities:
+            results += [magnitude_run(args, part, sparsity, first),
+                        random_run(args, part, sparsity, first)]
+    return collect(args, info, results)
+
+
+def collect(args, info: Part, results: list[dict]) -> dict:
+    """A part's runs arranged for the report: the table's rows (mean ± sd over seeds), the
+    tuning, the curve and the Hebbian runs' mask histories."""
+    unique = {(r["method"], r.get("setting"), r.get("target_sparsity"), r["seed"]): r
+              for r in results}
+    results = list(unique.values())
+    dense = {r["seed"]: r for r in results if r["method"] == "dense"}
+    hebbian = [r for r in results if r["method"] == "hebbian"]
+    seeds = tuning_seeds(args, info.name)
+    table = tuning(dense, hebbian, seeds)
+    part = {"part": info.name, "label": info.label, "unit": info.unit,
+            "tolerance": info.tolerance, "rows": [], "tuning": [], "curve": [],
+            "histories": {}, "tuning_seeds": seeds}
+    if not dense or not table:
+        part["rows"] = [summarise("dense", list(dense.values()), dense)] if dense else []
+        return part
+    chosen, why = choose_setting(info, table, seeds)
+    part.update(chosen=chosen, chosen_masking=dataclasses.asdict(hebbian_masking(args, chosen)),
+                why=why)
+    chosen_runs = [r for r in hebbian if r["setting"] == chosen]
+    targets = {r["seed"]: r["sparsity"] for r in chosen_runs}
+    matched = lambda method: [r for r in results if r["method"] == method
+                              and r["seed"] in targets
+                              and math.isclose(r["target_sparsity"], targets[r["seed"]])]
+    part["rows"] = [summarise("dense", list(dense.values()), dense),
+                    summarise(f"Hebbian ({chosen})", chosen_runs, dense),
+                    summarise("magnitude (Han et al. 2015), same sparsity", matched("magnitude"),
+                              dense),
+                    summarise("random fixed mask, same sparsity", matched("random"), dense)]
+    part["tuning"] = [{"setting": name, **t, "chosen": name == chosen}
+                      for name, t in table.items()]
+    part["curve"] = sorted(({"method": r["method"], "setting": r.get("setting"),
+                             "seed": r["seed"], "sparsity": r["sparsity"], "valid": r["valid"],
+                             "test": r["test"]} for r in results if r["method"] != "dense"),
+                           key=lambda p: (p["method"], p["sparsity"]))
+    part["dense_valid"] = float(np.mean([r["valid"] for r in dense.values()]))
+    part["seconds"], part["runs"] = float(sum(r["seconds"] for r in results)), len(results)
+    part["histories"] = {f"{r['setting']}_s{r['seed']}": r["history"] for r in hebbian}
+    return part
+
+
+def summarise(label: str, rows: list[dict], dense: dict) -> dict:
+    """Mean and sd over seeds of one method's scores, and its gap to dense (per seed)."""
+    stat = lambda values: {"mean": float(np.mean(values)) if values else None,
+                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    gap = lambda split: [r[split] - dense[r["seed"]][split] for r in rows if r["seed"] in dense]
+    return {"method": label, "seeds": sorted(r["seed"] for r in rows),
+            "valid": stat([r["valid"] for r in rows]), "test": stat([r["test"] for r in rows]),
+            "sparsity": stat([r["sparsity"] for r in rows]), "valid_gap": stat(gap("valid")),
+            "test_gap": stat(gap("test")),
+            "unconnected_outputs": stat([r.get("unconnected_outputs", 0) for r in rows]),
+            "seconds": stat([r["seconds"] for r in rows])}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def fmt(stat: dict, digits: int) -> str:
+    if stat["mean"] is None:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def format_report(args, parts: dict) -> str:
+    lines = ["# Hebbian masks on a gradient-trained readout", "",
+             "Masks on the final layer, stepped every batch from the batch-mean sign agreement "
+             "of its input and output (`plastix.masks`); rule settings "
+             f"rate {args.rate}, prune below {THRESHOLDS['prune_below']}, regrow above "
+             f"{THRESHOLDS['regrow_above']}, limit {THRESHOLDS['limit']}, plus the agreement "
+             "and margin of each setting. Mean ± sd over seeds "
+             f"{args.seeds}; the gap is the validation score minus the same seed's dense one. "
+             "The aim: at least 90% of the layer pruned within 0.5 error points (digits) or "
+             "0.02 bits/char (text) of dense, on validation. Digits errors are over whole "
+             "splits of 179 (valid) and 180 (test) images: one image is 0.56 points. Text: "
+             f"bits/char over {64 * args.lm_eval_batches} fixed windows of {args.lm_seq_len} "
+             "characters per split.", ""]
+    for part in parts.values():
+        digits = 2 if part["unit"] == "error %" else 3
+        lines += [f"## {part['label']}", "",
+                  f"| method | valid {part['unit']} | test {part['unit']} | sparsity | "
+                  "valid gap to dense | outputs left unconnected | seconds/run* |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in part["rows"]:
+            lines.append(f"| {row['method']} | {fmt(row['valid'], digits)} | "
+                         f"{fmt(row['test'], digits)} | {fmt(row['sparsity'], 3)} | "
+                         f"{fmt(row['valid_gap'], digits)} | "
+                         f"{fmt(row['unconnected_outputs'], 1)} | {row['seconds']['mean']:.0f} |")
+        if "seconds" in part:
+            lines.append(f"\n*Training seconds of a run's own steps (magnitude: its fine-tuning "
+                         f"half), compilation included. All {part['runs']} runs of this part: "
+                         f"{part['seconds'] / 60:.1f} min.")
+        lines.append("")
+        if part.get("chosen"):
+            hebb = part["rows"][1]
+            met = (hebb["sparsity"]["mean"] >= 0.9
+                   and hebb["valid_gap"]["mean"] <= part["tolerance"])
+            lines += [f"Chosen Hebbian setting: **{part['chosen']}** ({part['why']}). "
+                      f"Aim {'met' if met else 'missed'}: {100 * hebb['sparsity']['mean']:.1f}% "
+                      f"pruned at a validation gap of {hebb['valid_gap']['mean']:+.{digits}f} "
+                      f"{part['unit']} (tolerance {part['tolerance']:g}); on test the gap is "
+                      f"{hebb['test_gap']['mean']:+.{digits}f} (magnitude "
+                      f"{part['rows'][2]['test_gap']['mean']:+.{digits}f}, random "
+                      f"{part['rows'][3]['test_gap']['mean']:+.{digits}f}).", "",
+                      f"Settings tried (validation, mean over seeds {part['tuning_seeds']}):",
+                      "",
+                      "| setting | valid | gap to dense | sparsity | test (not used to "
+                      "choose) | test gap |", "|---|---|---|---|---|---|"]
+            for t in part["tuning"]:
+                lines.append(f"| {t['setting']}{' (chosen)' if t['chosen'] else ''} | "
+                             f"{t['valid']:.{digits}f} | {t['gap']:+.{digits}f} | "
+                             f"{t['sparsity']:.3f} | {t['test']:.{digits}f} | "
+                             f"{t['test_gap']:+.{digits}f} |")
+            lines.append("")
+            curve = [p for p in part["curve"] if p["method"] != "hebbian"
+                     and p["seed"] == args.seeds[0]]
+            if curve:
+                lines += ["Sparsity against validation score (first seed):", "",
+                          "| method | sparsity | valid | test |", "|---|---|---|---|"]
+                lines += [f"| {p['method']} | {p['sparsity']:.3f} | {p['valid']:.{digits}f} | "
+                          f"{p['test']:.{digits}f} |" for p in curve]
+                lines.append("")
+    return "\n".join(lines)
+
+
+def save_plots(args, parts: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [p for p in parts.values() if p["curve"]]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+    styles = {"magnitude": "s-", "random": "^-", "hebbian": "o"}
+    for ax, part in zip(axes[0], shown):
+        for method, style in styles.items():
+            points = [p for p in part["curve"] if p["method"] == method
+                      and (method == "hebbian" or p["seed"] == args.seeds[0])]
+            if points:
+                ax.plot([p["sparsity"] for p in points], [p["valid"] for p in points], style,
+                        label=method if method != "hebbian" else "Hebbian (every run)",
+                        alpha=0.8)
+        ax.axhline(part["dense_valid"], color="k", ls="--", lw=1, label="dense (mean)")
+        ax.axhline(part["dense_valid"] + part["tolerance"], color="grey", ls=":", lw=1,
+                   label="dense + tolerance")
+        ax.axvline(0.9, color="grey", ls=":", lw=1)
+        ax.set_xlabel("fraction of the readout pruned")
+        ax.set_ylabel(f"validation {part['unit']}")
+        ax.set_title(part["label"], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "sparsity_vs_error.png"), dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 7), squeeze=False,
+                             sharex="col")
+    for column, part in enumerate(shown):
+        # Every setting at the first seed; the chosen one at every seed, drawn thick.
+        first = f"_s{args.seeds[0]}"
+        for name, h in sorted(part["histories"].items()):
+            chosen = name.rsplit("_s", 1)[0] == part.get("chosen")
+            if not (chosen or name.endswith(first)):
+                continue
+            line, = axes[0, column].plot(h["step"], h["sparsity"], lw=2 if chosen else 1,
+                                         label=name)
+            axes[1, column].plot(h["step"], h["pruned"], color=line.get_color(),
+                                 lw=2 if chosen else 1)
+            axes[1, column].plot(h["step"], h["regrown"], color=line.get_color(), ls="--",
+                                 lw=2 if chosen else 1)
+        axes[0, column].set_title(part["label"], fontsize=9)
+        axes[0, column].set_ylabel("sparsity")
+        axes[0, column].legend(fontsize=6, ncol=2)
+        axes[1, column].set_ylabel("connections per step: pruned (—), regrown (--)")
+        axes[1, column].set_yscale("symlog", linthresh=0.1)
+        axes[1, column].set_xlabel("step")
+        for ax in axes[:, column]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "sparsity_over_time.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    began = time.perf_counter()
+    parts = {part: run_part(args, part) for part in args.parts}
+    parts = {name: part for name, part in parts.items() if part}
+    report = format_report(args, parts)
+    print("\n" + report)
+    runs.atomic_write(os.path.join(args.out, "report.md"), (report + "\n").encode())
+    runs.atomic_write(os.path.join(args.out, "report.json"), json.dumps(
+        {"args": vars(args), "seconds": time.perf_counter() - began, "thresholds": THRESHOLDS,
+         "settings": SETTINGS, "parts": parts}, indent=1).encode())
+    if not args.no_plots:
+        save_plots(args, parts)
+    print(f"wrote {args.out}/report.md, report.json"
+          + ("" if args.no_plots else ", sparsity_vs_error.png, sparsity_over_time.png"))
+    return parts
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
