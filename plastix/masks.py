@@ -1,36 +1,49 @@
 """Hebbian masks on gradient-trained layers: prune and regrow connections while training.
 
-Beside every weight w_io of a wrapped layer (a flax ``Dense`` kernel, or an ``Embed``
-table whose input is read as a one-hot token) lives a Hebbian value h_io and a mask
-m_io in {0, 1}. After each batch, with x the layer's input and y its output (computed
-with the mask applied),
+Beside every weight w_io of a wrapped layer (a flax ``Dense`` or ``Conv`` kernel, or an
+``Embed`` table whose input is read as a one-hot token) lives a Hebbian value h_io and a
+mask m_io in {0, 1}. After each batch, with x the layer's input and y its output
+(computed with the mask applied),
 
-    a_io = mean_n sign(x_ni) sign(y_no)                      (batch-mean sign agreement)
+    c_io = mean_n s(x_ni) s(y_no)                            (co-activity over the batch)
+    a_io = c_io, sign(w_io) c_io, or w_io c_io / <|w c|>     (the agreement, see below)
     h_io <- clip(h_io + rate * (a_io - margin), -limit, limit)
     m_io <- 0 where h_io < prune_below;  1 where h_io > regrow_above;  else unchanged
 
 and the forward pass uses w * m: a pruned connection takes no part in the output and
-gets no gradient. Its value h keeps integrating the agreement of the two neurons, so it
-regrows when they come to agree. The step is `plastix.rules.step_mask`, the one the
-`hebbian_mask` plasticity rule takes with a single example's agreement (margin 0).
+gets no gradient. Its value h keeps integrating the co-activity of its two neurons, so
+it regrows when they come to agree. The step is `plastix.rules.step_mask`, the one the
+`hebbian_mask` plasticity rule takes with a single example's signs (margin 0).
 
-Two variants of the agreement, and the margin, decide how much is pruned:
+For a convolution, n runs over the examples and the output positions, and x_ni is the
+input that kernel entry i sees at that position: c is the correlation of input patches
+with outputs. It is computed for every layer kind alike, as the transpose of the
+layer's own linear map applied to s(y) (``jax.vjp`` of kernel -> layer(s(x), kernel)),
+so strides, padding and dilation are the layer's.
 
-* ``agreement="centred"``: a_io = mean_n sign(x_ni - <x_i>) sign(y_no - <y_o>), each
-  neuron against its batch mean <.>: a covariance rule in signs (Sejnowski 1977). On a
-  softmax readout the logits' zero is arbitrary (adding a constant to every logit changes
-  nothing), and with the plain sign rule training settles where most logits are positive
-  and most connections agree: on the digits MLP only ~25% of the readout was pruned,
-  whatever the thresholds. Centring removes that freedom.
-* ``margin``: the agreement a connection needs to stay. The long-run fate of a connection
-  is set by the sign of its mean a - margin (the thresholds and the rate set only how fast
-  and with what hysteresis it gets there), so the margin is what sets the sparsity; with
-  margin 0 roughly the connections of negative (centred) agreement go, about half.
-* ``agreement="contribution"``: sign(y_no) sign(w_io x_ni) = sign(w_io) sign(x_ni)
-  sign(y_no), whether the connection's own contribution agrees with the output: the
-  original implementation multiplies its Hebbian term by the weight in this way.
+The agreements (``agreement=``):
 
-This is the "hebbian masks" idea (a PyTorch wrapper, ``HebbMask(nn.Linear(128, 10),
+* ``"sign"``: s = sign; a = c. The rule as `plastix.rules.hebbian_mask` states it: a
+  synapse gains when its two neurons' activations have the same sign.
+* ``"centred"``: s(v) = sign(v - <v>), each neuron against its mean over the batch (and
+  positions): a covariance rule in signs (Sejnowski 1977). On a softmax readout the
+  logits' zero is arbitrary (adding a constant to every logit changes nothing) and with
+  the plain sign rule training settles where most logits are positive and most
+  connections agree; centring removes that freedom.
+* ``"contribution"``: a = sign(w) c with s = sign: whether the connection's own
+  contribution w x agrees in sign with the output.
+* ``"product"``: s = identity and a = w c scaled to mean magnitude 1 over the layer
+  (<|w c|> is that mean): the reference implementation's update, which adds
+  lr (y x^T) * w to a permanence clipped to [-1, 1] and keeps p > 0. For a linear layer
+  y_o = sum_j w_jo x_j + b_o this is w_io sum_j w_jo <x_i x_j> + ..., about w_io^2 <x_i^2>
+  when the inputs are uncorrelated: an activity-weighted magnitude (Optimal Brain Damage's
+  saliency of a least-squares layer), estimated by a Hebbian product.
+
+``margin`` is the agreement a connection needs to stay: the long-run fate of a connection
+is set by the sign of its mean a - margin (the thresholds and the rate set only how fast
+and with what hysteresis it gets there), so the margin is what sets the sparsity.
+
+The idea is that of "hebbian masks" (a PyTorch wrapper, ``HebbMask(nn.Linear(128, 10),
 ['weight'])``): keep beside each gradient-learned weight a Hebbian value that grows when
 the two neurons' activations agree in sign and shrinks when they disagree, and prune the
 weights whose value is low; on the final layer of a wide ResNet it was reported to prune
@@ -41,12 +54,13 @@ and a random mask of the same sparsity.
 
 Design: the masks live in the optimiser state. ``HebbianMasking(...).wrap(inner)`` is an
 optax transformation whose state is ``MaskedState(inner, masks)``, so a training loop's
-state, checkpoints and resume carry the masks without a field of their own. Its update
-takes the layers' activity as an extra argument (``activity=``, from
-`apply_with_activity`), steps the masks, runs ``inner`` and then, for every connection
-that is pruned before or after the step, zeroes the update and keeps the inner state
-(Adam's moments, ...) as it was: a regrown connection comes back with the weight and the
-moments it had when it was pruned.
+state, checkpoints and resume carry the masks without a field of their own.
+``HebbianMasking.apply`` runs the model with the masks applied and measures each masked
+layer's co-activity c on the way (the model's code needs no change); the optimiser's
+update takes it as an extra argument (``coactivity=``), steps the masks, runs ``inner``
+and then, for every connection that is pruned before or after the step, zeroes the update
+and keeps the inner state (Adam's moments, ...) as it was: a regrown connection comes back
+with the weight and the moments it had when it was pruned.
 
 Example:
     >>> masking = HebbianMasking(layers=("logits",), rate=0.01, agreement="centred",
@@ -54,10 +68,10 @@ Example:
     >>> optimizer = masking.wrap(optax.adam(1e-3))
     >>> opt_state = optimizer.init(params)
     >>> def loss(params):
-    ...     logits, activity = apply_with_activity(model, params, opt_state, inputs)
-    ...     return cross_entropy(logits, labels), activity
-    >>> grads, activity = jax.grad(loss, has_aux=True)(params)
-    >>> updates, new_state = optimizer.update(grads, opt_state, params, activity=activity)
+    ...     logits, coactivity = masking.apply(model, params, opt_state, inputs)
+    ...     return cross_entropy(logits, labels), coactivity
+    >>> grads, coactivity = jax.grad(loss, has_aux=True)(params)
+    >>> updates, new_state = optimizer.update(grads, opt_state, params, coactivity=coactivity)
     >>> mask_stats(opt_state, new_state)   # {"sparsity", "pruned", "regrown"}
 """
 
@@ -76,11 +90,12 @@ from flax import traverse_util
 
 from plastix.rules.structural import HebbianMaskState, check_mask_thresholds, step_mask
 
-AGREEMENTS = ("sign", "centred", "contribution")
-# The weight of each maskable module kind: Dense's (in, out) kernel and Embed's
-# (vocabulary, features) table, whose input is a one-hot token.
-WEIGHT_NAMES = ("kernel", "embedding")
-_ACTIVITY = "hebbian_mask_activity"  # the name the forward pass sows each layer's (x, y) under
+AGREEMENTS = ("sign", "centred", "contribution", "product", "covariance")
+# Layers a mask can wrap: their output is linear in the weight named here (plus a bias).
+# An Embed's input is a token id, read as its one-hot vector.
+MASKABLE = ((nn.Dense, "kernel"), (nn.Conv, "kernel"), (nn.Embed, "embedding"))
+WEIGHT_NAMES = tuple(dict.fromkeys(name for _, name in MASKABLE))
+_COACTIVITY = "hebbian_mask_coactivity"  # what the forward pass sows each layer's c under
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +103,15 @@ class HebbianMasking:
     """Which layers carry Hebbian masks, and the rule's numbers.
 
     Attributes:
-      layers: flax module paths ("/"-joined) of the masked ``Dense`` / ``Embed`` layers,
-        e.g. ``("logits",)`` for `plastix.models.TokenModel`'s readout.
+      layers: flax module paths ("/"-joined) of the masked ``Dense`` / ``Conv`` / ``Embed``
+        layers, e.g. ``("logits",)`` for `plastix.models.TokenModel`'s readout.
       rate: step of the Hebbian value per batch; 0 keeps the masks as they are.
       prune_below, regrow_above, limit: as in `plastix.rules.hebbian_mask` (and its
         defaults); need ``-limit < prune_below <= regrow_above < limit``.
-      agreement: "sign" (sign(x) sign(y), the `hebbian_mask` rule's), "centred"
-        (sign(x - <x>) sign(y - <y>), batch means) or "contribution" (sign(w x) sign(y)).
-      margin: subtracted from the agreement: what a connection needs to stay, in [-1, 1).
+      agreement: "sign", "centred", "contribution" or "product" (module docstring).
+      margin: subtracted from the agreement: what a connection needs to stay; in [-1, 1)
+        for the sign agreements (which lie in [-1, 1]), any finite number for "product"
+        (in units of the layer's mean agreement magnitude).
       fixed: masks never change (as with rate 0): the fixed-mask baselines (magnitude
         pruning, random masks) train this way.
     """
@@ -121,11 +137,15 @@ class HebbianMasking:
             raise ValueError(f"HebbianMasking rate must be finite and >= 0, got {self.rate}")
         check_mask_thresholds("HebbianMasking", self.prune_below, self.regrow_above,
                               self.limit)
-        if not -1.0 <= self.margin < 1.0:
-            raise ValueError(f"HebbianMasking margin must lie in [-1, 1), got {self.margin}")
         if self.agreement not in AGREEMENTS:
             raise ValueError(f"HebbianMasking agreement must be one of {AGREEMENTS}, got "
                              f"{self.agreement!r}")
+        if self.agreement in ("product", "covariance"):
+            if not math.isfinite(self.margin):
+                raise ValueError(f"HebbianMasking margin must be finite, got {self.margin}")
+        elif not -1.0 <= self.margin < 1.0:
+            raise ValueError(f"HebbianMasking margin must lie in [-1, 1) with agreement "
+                             f"{self.agreement!r}, got {self.margin}")
 
     @property
     def frozen(self) -> bool:
@@ -138,11 +158,24 @@ class HebbianMasking:
         """``inner`` with these masks in its state (`MaskedState`); see the module docstring.
 
         ``init(params)`` starts every mask connected, or at ``initial_masks`` ({layer:
-        0/1 array shaped like its weight}). ``update(updates, state, params, activity=...,
-        **extra)``: ``params`` is required; ``activity`` is `apply_with_activity`'s, and
-        may be left out when the masks are frozen; ``extra`` goes to ``inner``.
+        0/1 array shaped like its weight}). ``update(updates, state, params,
+        coactivity=..., **extra)``: ``params`` is required; ``coactivity`` is
+        :meth:`apply`'s, and may be left out when the masks are frozen; ``extra`` goes to
+        ``inner``.
         """
         return masked_transformation(self, inner, initial_masks)
+
+    def apply(self, model: nn.Module, params, opt_state, *inputs, **kwargs):
+        """``(outputs, coactivity)``: ``model.apply`` with the masks of ``opt_state``
+        applied, and each masked layer's co-activity c ({layer: array shaped like its
+        weight}, outside the gradient), measured on that forward pass.
+
+        The layers are found by intercepting their calls (``flax.linen.intercept_methods``),
+        so the model's code needs no change. A layer called more than once is measured
+        over all its calls. A layer applied inside a ``scan`` (e.g. within a recurrent
+        cell) cannot be measured this way.
+        """
+        return apply_masked(self, model, params, opt_state, *inputs, **kwargs)
 
 
 class MaskedState(NamedTuple):
@@ -160,11 +193,11 @@ def _trainable(params):
 
 
 def maskable_layers(params) -> dict[str, str]:
-    """``{layer path: weight name}`` of every layer a mask can wrap: 2-D ``kernel``
-    (Dense) and ``embedding`` (Embed) weights, in the model's parameter order."""
+    """``{layer path: weight name}`` of every layer a mask can wrap: the ``kernel`` of
+    Dense and Conv layers and the ``embedding`` of Embed layers, in parameter order."""
     flat = traverse_util.flatten_dict(_trainable(params))
     return {"/".join(path[:-1]): path[-1] for path, leaf in flat.items()
-            if path[-1] in WEIGHT_NAMES and jnp.ndim(leaf) == 2}
+            if path[-1] in WEIGHT_NAMES and jnp.ndim(leaf) >= 2}
 
 
 def _weight_paths(params, layers: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -172,8 +205,8 @@ def _weight_paths(params, layers: Sequence[str]) -> dict[str, tuple[str, ...]]:
     known = maskable_layers(params)
     unknown = [layer for layer in layers if layer not in known]
     if unknown:
-        raise ValueError(f"no Dense or Embed layer {unknown[0]!r} in the model; its maskable "
-                         f"layers: {sorted(known)}")
+        raise ValueError(f"no Dense, Conv or Embed layer {unknown[0]!r} in the model; its "
+                         f"maskable layers: {sorted(known)}")
     top = ("params",) if "params" in params else ()
     return {layer: top + tuple(layer.split("/")) + (known[layer],) for layer in layers}
 
@@ -197,21 +230,82 @@ def _weight(params, path: tuple[str, ...]):
     return params
 
 
+# --- co-activity, measured in the forward pass ------------------------------------------------
+
+
+def _signal(v, kind: str):
+    """s(v) of the agreement ``kind``: the neuron's sign, its sign against its mean over
+    every axis but the last (features / channels), or v itself."""
+    if kind in ("centred", "covariance"):
+        v = v - jnp.mean(v, axis=tuple(range(v.ndim - 1)), keepdims=True)
+    return v if kind in ("product", "covariance") else jnp.sign(v)
+
+
+def layer_coactivity(module: nn.Module, x, y, kind: str) -> tuple[jax.Array, jax.Array]:
+    """``(sum, count)``: sum_n s(x_ni) s(y_no) over the examples and output positions n of
+    one call of ``module`` (input ``x``, output ``y``), in the layout of its weight, and the
+    number of those n.
+
+    The sum is the transpose of the layer's linear map (its weight -> output at input
+    s(x), bias zero) applied to s(y): for a Dense layer s(x)^T s(y), for a convolution the
+    correlation of s(x)'s patches with s(y) under the layer's own strides and padding.
+    """
+    ys = _signal(y, kind)
+    count = jnp.asarray(ys.size // ys.shape[-1], jnp.float32)
+    if isinstance(module, nn.Embed):  # a token is its one-hot vector
+        xs = _signal(jax.nn.one_hot(x, module.num_embeddings, dtype=y.dtype), kind)
+        xs, ys = xs.reshape(-1, xs.shape[-1]), ys.reshape(-1, ys.shape[-1])
+        return xs.T @ ys, count
+    xs = _signal(x, kind)
+    kernel = module.variables["params"]["kernel"]
+    unbiased = module.clone(parent=None, name=None, use_bias=False)
+    _, transpose = jax.vjp(lambda k: unbiased.apply({"params": {"kernel": k}}, xs), kernel)
+    return transpose(ys)[0], count
+
+
+def apply_masked(masking: HebbianMasking, model: nn.Module, params, opt_state, *inputs,
+                 **kwargs):
+    """`HebbianMasking.apply`."""
+    masks = masks_of(opt_state)
+    watched = set(masks)
+    measuring = []  # set while a measurement re-applies a layer, which is not intercepted
+
+    def capture(next_fun, args, call_kwargs, context):
+        out = next_fun(*args, **call_kwargs)
+        module = context.module
+        if (not measuring and context.method_name == "__call__"
+                and isinstance(module, tuple(kind for kind, _ in MASKABLE))
+                and "/".join(module.path) in watched):
+            measuring.append(module)
+            total = layer_coactivity(module, *jax.lax.stop_gradient((args[0], out)),
+                                     masking.agreement)
+            measuring.pop()
+            module.sow("intermediates", _COACTIVITY, total)
+        return out
+
+    with nn.intercept_methods(capture):
+        outputs, variables = model.apply(masked_params(params, opt_state), *inputs,
+                                         mutable=["intermediates"], **kwargs)
+    flat = traverse_util.flatten_dict(variables.get("intermediates", {}))
+    coactivity = {}
+    for path, calls in flat.items():
+        if path[-1] == _COACTIVITY:
+            total, count = (sum(parts) for parts in zip(*calls))
+            coactivity["/".join(path[:-1])] = total / count
+    return outputs, coactivity
+
+
 # --- the optax transformation --------------------------------------------------------------
 
 
-def sign_agreement(pre, post, n_in: int, centred: bool = False):
-    """``mean_n sign(pre_ni) sign(post_no)`` in (in, out) kernel layout, averaged over
-    every leading axis of ``pre`` (..., in) and ``post`` (..., out); integer ``pre`` is
-    a token id, read as its one-hot vector of length ``n_in``. ``centred``: of
-    ``pre - mean_n pre`` and ``post - mean_n post`` instead."""
-    if jnp.issubdtype(pre.dtype, jnp.integer):
-        pre = jax.nn.one_hot(pre, n_in, dtype=post.dtype)
-    pre = pre.reshape(-1, n_in)
-    post = post.reshape(pre.shape[0], -1)
-    if centred:
-        pre, post = pre - pre.mean(axis=0), post - post.mean(axis=0)
-    return jnp.sign(pre).T @ jnp.sign(post) / pre.shape[0]
+def agreement(masking: HebbianMasking, coactivity, weight):
+    """a of the module docstring, from a layer's co-activity c and its (unmasked) weight."""
+    if masking.agreement == "contribution":
+        return jnp.sign(weight) * coactivity
+    if masking.agreement in ("product", "covariance"):
+        product = weight * coactivity
+        return product / jnp.maximum(jnp.mean(jnp.abs(product)), jnp.finfo(product.dtype).tiny)
+    return coactivity
 
 
 def masked_transformation(masking: HebbianMasking, inner: optax.GradientTransformation,
@@ -226,14 +320,14 @@ def masked_transformation(masking: HebbianMasking, inner: optax.GradientTransfor
                  for layer, path in paths.items()}
         return MaskedState(inner.init(params), masks)
 
-    def update(updates, state: MaskedState, params=None, *, activity=None, **extra):
+    def update(updates, state: MaskedState, params=None, *, coactivity=None, **extra):
         if params is None:
             raise ValueError("a Hebbian-masked optimiser needs params: "
-                             "update(updates, state, params, activity=...)")
+                             "update(updates, state, params, coactivity=...)")
         paths = _weight_paths(params, masking.layers)
         before = state.masks
         after = before if masking.frozen else _stepped_masks(masking, before, params, paths,
-                                                             activity)
+                                                             coactivity)
         inner_updates, inner_state = inner.update(updates, state.inner, params, **extra)
         # Only a connection present before and after the step moves: a pruned one keeps
         # its weight and its inner state, and one regrown now had no gradient this step
@@ -266,22 +360,18 @@ def _initial_mask(weight, layer: str, initial_masks) -> HebbianMaskState:
     return HebbianMaskState(jnp.zeros_like(weight), mask)
 
 
-def _stepped_masks(masking: HebbianMasking, masks, params, paths, activity) -> dict:
-    if activity is None:
-        raise ValueError("Hebbian masks need the layers' activity: "
-                         "update(grads, state, params, activity=apply_with_activity(...)[1])")
-    missing = [layer for layer in masking.layers if layer not in activity]
+def _stepped_masks(masking: HebbianMasking, masks, params, paths, coactivity) -> dict:
+    if coactivity is None:
+        raise ValueError("Hebbian masks need the layers' co-activity: update(grads, state, "
+                         "params, coactivity=masking.apply(...)[1])")
+    missing = [layer for layer in masking.layers if layer not in coactivity]
     if missing:
-        raise ValueError(f"no activity of masked layer {missing[0]!r} (it has "
-                         f"{sorted(activity)}); is the layer applied inside a scan?")
+        raise ValueError(f"no co-activity of masked layer {missing[0]!r} (measured: "
+                         f"{sorted(coactivity)}); is the layer applied inside a scan?")
     stepped = {}
     for layer, path in paths.items():
-        weight = _weight(params, path)
-        pre, post = activity[layer]
-        agreement = sign_agreement(pre, post, weight.shape[0], masking.agreement == "centred")
-        if masking.agreement == "contribution":
-            agreement = jnp.sign(weight) * agreement
-        stepped[layer] = step_mask(masks[layer], agreement - masking.margin, masking.rate,
+        a = agreement(masking, coactivity[layer], _weight(params, path))
+        stepped[layer] = step_mask(masks[layer], a - masking.margin, masking.rate,
                                    masking.prune_below, masking.regrow_above, masking.limit)
     return stepped
 
@@ -306,43 +396,6 @@ def masked_params(params, opt_state):
     masks = masks_of(opt_state)
     paths = _weight_paths(params, list(masks))
     return _map_weights(lambda layer, w: w * masks[layer].mask, params, paths)
-
-
-def apply_with_activity(model: nn.Module, params, opt_state, *inputs, **kwargs):
-    """``(outputs, activity)``: ``model.apply`` with the masks applied, and each masked
-    layer's ``(input, output)`` (``stop_gradient``-ed; the output computed with the mask).
-
-    The layers are captured by intercepting their calls (``flax.linen.intercept_methods``)
-    and sowing what they see, so the model's code needs no change. A layer called more
-    than once contributes every call, concatenated over the flattened leading axes.
-    """
-    masks = masks_of(opt_state)
-    watched = set(masks)
-
-    def capture(next_fun, args, call_kwargs, context):
-        out = next_fun(*args, **call_kwargs)
-        module = context.module
-        if (context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.Embed))
-                and "/".join(module.path) in watched):
-            module.sow("intermediates", _ACTIVITY, jax.lax.stop_gradient((args[0], out)))
-        return out
-
-    with nn.intercept_methods(capture):
-        outputs, variables = model.apply(masked_params(params, opt_state), *inputs,
-                                         mutable=["intermediates"], **kwargs)
-    flat = traverse_util.flatten_dict(variables.get("intermediates", {}))
-    activity = {}
-    for path, calls in flat.items():
-        if path[-1] == _ACTIVITY:
-            pres = jnp.concatenate([_rows(pre) for pre, _ in calls])
-            posts = jnp.concatenate([_rows(post) for _, post in calls])
-            activity["/".join(path[:-1])] = (pres, posts)
-    return outputs, activity
-
-
-def _rows(x):
-    """(..., features) -> (n, features); token ids (...) -> (n,)."""
-    return x.reshape(-1) if jnp.issubdtype(x.dtype, jnp.integer) else x.reshape(-1, x.shape[-1])
 
 
 # --- statistics and fixed masks ------------------------------------------------------------

@@ -26,7 +26,7 @@ fast matrix, ``learn`` writes it), so the gradient path and the ES path share on
 plastic-layer protocol; the attention form is another store of the same layer.
 
 Image classifiers (:func:`make_classifier`) map the pixel vector of each step of a
-``(batch, T, pixels)`` input to class logits (the ``digits`` task has T = 1):
+``(batch, T, pixels)`` input to class logits (the ``images`` task has T = 1):
 ``mlp`` (one ReLU hidden layer) and ``cnn`` (two convolutions and a dense layer). Their
 last layer is called ``logits``, as in :class:`TokenModel`.
 

@@ -26,10 +26,11 @@ Held-out splits:
   once from ``seed``, de-duplicated and cut in order, so the splits are disjoint by
   construction (``BA2016_SPLIT_SIZES`` gives the paper's 100k/10k/20k).
 * "text" and "pixels" have real splits: TFDS's cut points for text, TFDS's or a seeded
-  partition's for images; "digits" has the seeded partition of "pixels".
+  partition's for images ("pixels", "images"); "images" can also cut its train and valid
+  images into cross-validation folds.
 
-One task is not a token sequence: "digits" classifies 8x8 images whose inputs are float32
-pixel intensities ``(batch, 1, 64)`` (one step, T = 1) and whose targets are class ids.
+One task is not a token sequence: "images" classifies images whose inputs are float32
+pixel intensities ``(batch, 1, pixels)`` (one step, T = 1) and whose targets are class ids.
 
 Example::
 
@@ -555,35 +556,63 @@ def sklearn_digits() -> dict:
             for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:])}
 
 
-def digits_splits() -> dict:
-    """The examples of the ``digits`` task, whole: split -> ``(inputs, targets, mask)``,
-    NumPy arrays of shapes ``(n, 1, 64)`` float32 (row-major pixels in [0, 1]),
-    ``(n, 1)`` int32 (the digit) and ``(n, 1)`` float32 ones; the splits of
-    :func:`sklearn_digits` (1,438 / 179 / 180 images)."""
+def _image_source(source: str, data_dir: str | None) -> dict:
+    """split -> (grey images in [0, 1], labels) of an image set: scikit-learn's bundled
+    digits (offline) or a TFDS image set."""
+    return sklearn_digits() if source == "sklearn_digits" else _load_tfds_images(source, data_dir)
+
+
+def image_splits(source: str = "sklearn_digits", fold: int | None = None, folds: int = 5,
+                 data_dir: str | None = None) -> dict:
+    """The examples of the ``images`` task, whole: split -> ``(inputs, targets, mask)``,
+    NumPy arrays of shapes ``(n, 1, pixels)`` float32 (row-major intensities in [0, 1]),
+    ``(n, 1)`` int32 (the class) and ``(n, 1)`` float32 ones.
+
+    Without ``fold`` the splits are the image set's (scikit-learn's digits: 1,438 / 179 /
+    180 images, :func:`sklearn_digits`). With ``fold = k`` of ``folds``, for k-fold
+    cross-validation, the train and valid images are pooled, put in a fixed order
+    (a permutation drawn from seed 0) and cut into ``folds`` near-equal parts: part k is
+    the valid split and the other parts the train split; the test split stays as it is.
+    Over k = 0 .. folds-1 every pooled image is validated exactly once.
+    """
+    raw = _image_source(source, data_dir)
+    if fold is not None:
+        folds = _check_count("images folds", folds, 2)
+        fold = _check_count("images fold", fold, 0, folds - 1)
+        pool = [np.concatenate([raw["train"][i], raw["valid"][i]]) for i in (0, 1)]
+        parts = np.array_split(np.random.default_rng(0).permutation(len(pool[1])), folds)
+        train = np.concatenate([p for i, p in enumerate(parts) if i != fold])
+        raw = {"train": tuple(a[train] for a in pool),
+               "valid": tuple(a[parts[fold]] for a in pool), "test": raw["test"]}
     examples = {}
-    for split, (images, labels) in sklearn_digits().items():
+    for split, (pictures, labels) in raw.items():
         n = len(labels)
-        examples[split] = (images.reshape(n, 1, -1).astype(np.float32),
+        examples[split] = (pictures.reshape(n, 1, -1).astype(np.float32),
                            labels.reshape(n, 1).astype(np.int32), np.ones((n, 1), np.float32))
     return examples
 
 
-def digits() -> Task:
-    """Classification of scikit-learn's bundled 8x8 handwritten digits (offline).
+def images(source: str = "sklearn_digits", fold: int | None = None, folds: int = 5,
+           data_dir: str | None = None) -> Task:
+    """Image classification, one image per example (T = 1): ``inputs`` float32
+    ``(1, pixels)``, the grey intensities in [0, 1] row by row; ``targets`` int32 ``(1,)``,
+    the class, scored. ``vocab_size`` is the number of classes.
 
-    One example is one step (T = 1): ``inputs`` float32 ``(1, 64)``, the image's pixel
-    intensities in [0, 1] row by row; ``targets`` int32 ``(1,)``, the digit 0-9, scored.
-    ``vocab_size`` is the number of classes (10). A batch draws images uniformly, with
-    replacement, from its split; :func:`digits_splits` gives the splits whole, for
-    scoring every image once.
+    A batch draws images uniformly, with replacement, from its split;
+    :func:`image_splits` gives the splits whole (for scoring every image once) and
+    describes ``fold`` / ``folds`` (k-fold cross-validation on the train + valid images).
 
-    Reference: Alpaydin & Kaynak, "Optical recognition of handwritten digits" (UCI, 1998),
-    the data scikit-learn bundles as ``load_digits``.
+    Args:
+      source: ``"sklearn_digits"`` (scikit-learn's bundled 8x8 digits, offline: Alpaydin &
+        Kaynak, "Optical recognition of handwritten digits", UCI 1998) or a TFDS image
+        set such as ``"mnist"`` (train = first 90% of TFDS train, valid = the rest, test =
+        TFDS test; needs internet or prepared data in ``data_dir``).
     """
-    tables = {split: tuple(jnp.asarray(a) for a in data)
-              for split, data in digits_splits().items()}
+    splits = image_splits(source, fold, folds, data_dir)
+    num_classes = int(max(targets.max() for _, targets, _ in splits.values())) + 1
+    tables = {split: tuple(jnp.asarray(a) for a in data) for split, data in splits.items()}
     sample = _batched(_row_sampler(tables, to_example=lambda row: row))
-    return Task("digits", 10, 1, sample, tuple(DIGITS))
+    return Task("images", num_classes, 1, sample, tuple(str(c) for c in range(num_classes)))
 
 
 def _load_tfds_images(name: str, data_dir: str | None) -> dict:
@@ -637,7 +666,7 @@ def pixels(source: str = "sklearn_digits", levels: int = 4, predict: str = "next
     downsample = _check_count("pixels downsample", downsample, 1)
     if predict not in ("next_pixel", "label"):
         raise ValueError(f"pixels predict must be 'next_pixel' or 'label', got {predict!r}")
-    raw = sklearn_digits() if source == "sklearn_digits" else _load_tfds_images(source, data_dir)
+    raw = _image_source(source, data_dir)
     tables = {split: (jnp.asarray(quantise(images, levels, downsample)), jnp.asarray(labels, jnp.int32))
               for split, (images, labels) in raw.items()}
     num_pixels = tables["train"][0].shape[1]
@@ -671,7 +700,7 @@ REGISTRY: dict[str, Callable[..., Task]] = {
     "copy": copy,
     "text": text,
     "pixels": pixels,
-    "digits": digits,
+    "images": images,
     "random_tokens": random_tokens,
 }
 

@@ -14,8 +14,8 @@ host loop that logs, evaluates and checkpoints into a :mod:`plastix.runs` run di
 With ``masking`` (a :class:`plastix.masks.HebbianMasking`), named layers carry Hebbian
 masks that prune and regrow their connections during training: the optimiser is wrapped
 so that its state holds the masks, the loss uses the masked forward pass
-(:func:`plastix.masks.apply_with_activity`) and the optimiser steps the masks from the
-layers' activity; the training metrics gain ``sparsity``, ``pruned`` and ``regrown``.
+(:meth:`plastix.masks.HebbianMasking.apply`) and the optimiser steps the masks from the
+layers' co-activity; the training metrics gain ``sparsity``, ``pruned`` and ``regrown``.
 Without it every number is what it was before masks existed.
 
 Resuming loses nothing: the batch of step i is drawn from ``fold_in(data_key, i)``, so it
@@ -121,13 +121,14 @@ def loss_and_metrics(params, model, batch: Batch) -> tuple[jax.Array, dict]:
     return scores(model.apply(params, batch[0]), batch)
 
 
-def masked_loss_and_metrics(params, model, opt_state, batch: Batch) -> tuple[jax.Array, tuple]:
+def masked_loss_and_metrics(params, model, masking: masks.HebbianMasking, opt_state,
+                            batch: Batch) -> tuple[jax.Array, tuple]:
     """As :func:`loss_and_metrics` with the masks of ``opt_state`` applied: ``(loss,
-    (metrics, activity))``, ``activity`` the masked layers' (input, output) that the
-    optimiser steps the masks from."""
-    logits, activity = masks.apply_with_activity(model, params, opt_state, batch[0])
+    (metrics, coactivity))``, ``coactivity`` the masked layers' co-activity that the
+    optimiser steps the masks from (:meth:`plastix.masks.HebbianMasking.apply`)."""
+    logits, coactivity = masking.apply(model, params, opt_state, batch[0])
     loss, metrics = scores(logits, batch)
-    return loss, (metrics, activity)
+    return loss, (metrics, coactivity)
 
 
 def effective_params(state: TrainState, masking: masks.HebbianMasking | None):
@@ -141,7 +142,7 @@ def make_update(model, optimizer: optax.GradientTransformation,
     """``update(state, batch) -> (state, metrics)``: one optimiser step on ``batch`` (pure).
 
     With ``masking`` (``optimizer`` from ``make_optimizer(..., masking)``) the forward pass
-    is masked, the masks step from its activity and the metrics gain the mask statistics.
+    is masked, the masks step from its co-activity and the metrics gain the mask statistics.
     """
 
     def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
@@ -149,10 +150,10 @@ def make_update(model, optimizer: optax.GradientTransformation,
             grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(state.params, model, batch)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         else:
-            grads, (metrics, activity) = jax.grad(masked_loss_and_metrics, has_aux=True)(
-                state.params, model, state.opt_state, batch)
+            grads, (metrics, coactivity) = jax.grad(masked_loss_and_metrics, has_aux=True)(
+                state.params, model, masking, state.opt_state, batch)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
-                                                  activity=activity)
+                                                  coactivity=coactivity)
             metrics.update(masks.mask_stats(state.opt_state, opt_state))
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -20,7 +20,7 @@ LAYER = "dense"
 
 
 class OneLayer(nn.Module):
-    """A single Dense layer called "dense": activity is whatever the test feeds."""
+    """A single Dense layer called "dense"."""
 
     @nn.compact
     def __call__(self, x):
@@ -31,13 +31,9 @@ def one_layer_params():
     return OneLayer().init(jax.random.key(0), jnp.zeros((1, 2)))
 
 
-def activity_with_agreement(signs):
-    """(pre, post) of two examples whose batch-mean agreement is ``signs`` at synapse
-    (pre 0 -> post 0) and 0 at the others: pre 0 is always +1, pre 1 flips with the
-    example; post 0 is ``signs``, post 1 is silent."""
-    pre = jnp.array([[1.0, 1.0], [1.0, -1.0]])
-    post = jnp.array([[1.0, 0.0], [1.0, 0.0]]) * jnp.array([signs, 1.0])
-    return pre, post
+def coactivity_at_first_synapse(agreement):
+    """A co-activity that is ``agreement`` at synapse (pre 0 -> post 0), 0 elsewhere."""
+    return {LAYER: jnp.zeros((2, 2)).at[0, 0].set(agreement)}
 
 
 # --- the step -------------------------------------------------------------------------------
@@ -73,30 +69,82 @@ def test_the_rule_and_the_wrapper_take_the_same_step():
     optimizer = masking.wrap(optax.sgd(0.0))
     state = optimizer.init(params)
     rule_state = rule.init(jnp.zeros((2, 2)))
-    pre, post = jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0])
+    pre = jnp.array([1.0, -2.0])
     for _ in range(3):
+        post, coactivity = masking.apply(OneLayer(), params, state, pre[None])
+        assert np.all(np.asarray(post) != 0)
         grads = jax.tree.map(jnp.zeros_like, params)
-        _, state = optimizer.update(grads, state, params, activity={LAYER: (pre[None], post[None])})
+        _, state = optimizer.update(grads, state, params, coactivity=coactivity)
         _, rule_state = rule.update({"rate": jnp.asarray(0.3)}, rule_state, jnp.zeros((2, 2)),
-                                    pre, post)
+                                    pre, post[0])
     # The rule is laid out (post, pre); a Dense kernel (pre, post).
     np.testing.assert_array_equal(state.masks[LAYER].value, rule_state.value.T)
     np.testing.assert_array_equal(state.masks[LAYER].mask, rule_state.mask.T)
     assert float(masks.sparsity_of(state)) == 0.5
 
 
-def test_agreement_is_averaged_over_every_leading_axis_and_reads_tokens_as_one_hot():
-    key = jax.random.key(1)
-    pre = jax.random.normal(key, (3, 5, 4))
-    post = jax.random.normal(jax.random.fold_in(key, 1), (3, 5, 2))
-    expected = np.einsum("bti,bto->io", np.sign(pre), np.sign(post)) / 15
-    np.testing.assert_allclose(masks.sign_agreement(pre, post, 4), expected, rtol=1e-6)
-    tokens = jnp.array([[0, 2, 2], [1, 2, 0]])
-    post = jax.random.normal(key, (2, 3, 5))
-    np.testing.assert_allclose(masks.sign_agreement(tokens, post, 4),
-                               masks.sign_agreement(jax.nn.one_hot(tokens, 4), post, 4))
-    centred = masks.sign_agreement(pre, pre[..., :2] + 1.0, 4, centred=True)
-    assert np.all(np.diag(np.asarray(centred)[:2, :2]) == 1.0)  # a neuron agrees with itself
+class ThreeKinds(nn.Module):
+    """An Embed, a strided Conv and a Dense layer in a row: every maskable kind."""
+
+    @nn.compact
+    def __call__(self, tokens):                         # (batch, 6, 6) token ids
+        h = nn.Embed(5, 3, name="embed")(tokens)        # (batch, 6, 6, 3)
+        h = nn.Conv(4, (3, 3), strides=(2, 2), name="conv")(h)
+        return nn.Dense(2, name="dense")(h)             # (batch, 3, 3, 2)
+
+
+def measured(kind, layers=("embed", "conv", "dense")):
+    """(inputs and outputs of every layer, the co-activity ``kind`` measures, params)."""
+    model = ThreeKinds()
+    tokens = jax.random.randint(jax.random.key(1), (2, 6, 6), 0, 5)
+    params = model.init(jax.random.key(0), tokens)
+    masking = masks.HebbianMasking(layers, agreement=kind, margin=0.0)
+    opt_state = masking.wrap(optax.sgd(0.1)).init(params)
+    _, coactivity = masking.apply(model, params, opt_state, tokens)
+    _, seen = model.apply(params, tokens, capture_intermediates=True,
+                          mutable=["intermediates"])
+    out = lambda name: seen["intermediates"][name]["__call__"][0]
+    io = {"embed": (jax.nn.one_hot(tokens, 5), out("embed")),
+          "conv": (out("embed"), out("conv")), "dense": (out("conv"), out("dense"))}
+    return io, coactivity, params
+
+
+def test_coactivity_is_the_mean_over_examples_and_positions_for_every_layer_kind():
+    io, coactivity, _ = measured("sign")
+    pre, post = (np.sign(np.asarray(a)) for a in io["embed"])
+    np.testing.assert_allclose(coactivity["embed"],
+                               np.einsum("bhwi,bhwo->io", pre, post) / 72, rtol=1e-6)
+    pre, post = (np.sign(np.asarray(a)) for a in io["dense"])
+    np.testing.assert_allclose(coactivity["dense"],
+                               np.einsum("bhwi,bhwo->io", pre, post) / 18, rtol=1e-6)
+    # A convolution: each kernel entry correlates the input it sees with the output, over
+    # the output positions of the layer's own stride and ("SAME") padding.
+    pre, post = (np.sign(np.asarray(a)) for a in io["conv"])
+    padded = np.pad(pre, ((0, 0), (0, 1), (0, 1), (0, 0)))  # SAME, stride 2, size 6: pad 0/1
+    patches = np.stack([np.stack([padded[:, 2 * r:2 * r + 3, 2 * c:2 * c + 3]
+                                  for c in range(3)], 1) for r in range(3)], 1)
+    expected = np.einsum("brcuvi,brco->uvio", patches, post) / 18
+    np.testing.assert_allclose(coactivity["conv"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_centred_and_product_coactivities():
+    io, centred, _ = measured("centred")
+    pre, post = (np.asarray(a).reshape(-1, np.shape(a)[-1]) for a in io["dense"])
+    sign_centred = lambda v: np.sign(v - v.mean(axis=0))
+    np.testing.assert_allclose(centred["dense"],
+                               sign_centred(pre).T @ sign_centred(post) / len(pre), rtol=1e-6)
+    _, product, params = measured("product")
+    np.testing.assert_allclose(product["dense"], pre.T @ post / len(pre), rtol=1e-5)
+    # The agreement weighs it by the weight and scales it to mean magnitude 1.
+    kernel = params["params"]["dense"]["kernel"]
+    a = masks.agreement(masks.HebbianMasking(("dense",), agreement="product"),
+                        product["dense"], kernel)
+    assert float(jnp.mean(jnp.abs(a))) == pytest.approx(1.0)
+    np.testing.assert_allclose(a * jnp.mean(jnp.abs(kernel * product["dense"])),
+                               kernel * product["dense"], rtol=1e-5)
+    contribution = masks.agreement(masks.HebbianMasking(("dense",), agreement="contribution"),
+                                   centred["dense"], kernel)
+    np.testing.assert_array_equal(contribution, np.sign(kernel) * centred["dense"])
 
 
 # --- the forward pass -----------------------------------------------------------------------
@@ -106,11 +154,14 @@ def test_agreement_is_averaged_over_every_leading_axis_and_reads_tokens_as_one_h
 def mlp_setup():
     model = models.make_classifier("mlp", 10, hidden=8)
     params = model.init(jax.random.key(0), jnp.zeros((1, 1, 64)))
-    inputs, targets, _ = tasks.digits_splits()["valid"]
+    inputs, targets, _ = tasks.image_splits()["valid"]
     return model, params, jnp.asarray(inputs[:16]), jnp.asarray(targets[:16])
 
 
-def pruned_state(params, masking=masks.HebbianMasking(("logits",), fixed=True)):
+FIXED_MASKS = masks.HebbianMasking(("logits",), fixed=True)
+
+
+def pruned_state(params, masking=FIXED_MASKS):
     opt_state = masking.wrap(optax.adam(1e-2)).init(params)
     kernel = params["params"]["logits"]["kernel"]
     mask = np.ones(kernel.shape, np.float32)
@@ -121,45 +172,49 @@ def pruned_state(params, masking=masks.HebbianMasking(("logits",), fixed=True)):
 def test_a_pruned_connection_has_no_effect_and_no_gradient():
     model, params, inputs, targets = mlp_setup()
     _, mask, opt_state = pruned_state(params)
-    outputs, activity = masks.apply_with_activity(model, params, opt_state, inputs)
+    outputs, coactivity = FIXED_MASKS.apply(model, params, opt_state, inputs)
     kernel = params["params"]["logits"]["kernel"]
     perturbed = jax.tree.map(lambda x: x, params)
     perturbed["params"]["logits"]["kernel"] = jnp.where(mask == 0, kernel + 100.0, kernel)
-    again, _ = masks.apply_with_activity(model, perturbed, opt_state, inputs)
+    again, _ = FIXED_MASKS.apply(model, perturbed, opt_state, inputs)
     np.testing.assert_array_equal(outputs, again)
     assert not np.array_equal(model.apply(perturbed, inputs), model.apply(params, inputs))
 
     def loss(params):
-        logits, _ = masks.apply_with_activity(model, params, opt_state, inputs)
+        logits, _ = FIXED_MASKS.apply(model, params, opt_state, inputs)
         return train.scores(logits, (inputs, targets, jnp.ones(targets.shape)))[0]
 
     grad = jax.grad(loss)(params)["params"]["logits"]["kernel"]
     assert np.all(np.asarray(grad)[np.asarray(mask) == 0] == 0.0)
     assert np.any(np.asarray(grad)[np.asarray(mask) == 1] != 0.0)
 
-    # The activity is the layer's input and its masked output, outside the gradient.
-    pre, post = activity["logits"]
+    # The co-activity is of the layer's input and its masked output, outside the gradient.
     layer = params["params"]["hidden"]
-    hidden = nn.relu(inputs @ layer["kernel"] + layer["bias"])
-    np.testing.assert_allclose(pre, hidden.reshape(-1, 8), rtol=1e-6)
-    np.testing.assert_array_equal(post, outputs.reshape(-1, 10))
-    grad_through_activity = jax.grad(lambda p: jnp.sum(masks.apply_with_activity(
-        model, p, opt_state, inputs)[1]["logits"][1]))(params)
-    assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grad_through_activity))
+    hidden = nn.relu(inputs @ layer["kernel"] + layer["bias"]).reshape(-1, 8)
+    expected = np.sign(hidden).T @ np.sign(np.asarray(outputs).reshape(-1, 10)) / len(hidden)
+    np.testing.assert_allclose(coactivity["logits"], expected, rtol=1e-6)
+    grad_through_coactivity = jax.grad(lambda p: jnp.sum(FIXED_MASKS.apply(
+        model, p, opt_state, inputs)[1]["logits"]))(params)
+    assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grad_through_coactivity))
 
 
 def test_masked_embedding_rows_take_no_part():
     model = models.make_model("rnn-ln", 7, 5, 4, embed_dim=3, readout_features=0)
     tokens = jnp.array([[1, 2, 3, 1, 0]])
     params = model.init(jax.random.key(0), tokens)
-    opt_state = masks.HebbianMasking(("embed",), fixed=True).wrap(optax.sgd(1.0)).init(params)
+    masking = masks.HebbianMasking(("embed",), fixed=True)
+    opt_state = masking.wrap(optax.sgd(1.0)).init(params)
     mask = np.ones((7, 3), np.float32)
     mask[1] = 0.0  # token 1 embeds to zero
     opt_state = masks.with_masks(opt_state, {"embed": mask})
-    _, activity = masks.apply_with_activity(model, params, opt_state, tokens)
-    pre, post = activity["embed"]
-    np.testing.assert_array_equal(pre, tokens.reshape(-1))
-    np.testing.assert_array_equal(post[tokens.reshape(-1) == 1], 0.0)
+    logits, coactivity = masking.apply(model, params, opt_state, tokens)
+    # Token 1's embedding is zero: no co-activity; the tokens that occur have some.
+    c = np.asarray(coactivity["embed"])
+    assert np.all(c[1] == 0) and np.all(np.abs(c[[0, 2, 3]]).sum(axis=1) > 0)
+    assert np.all(c[4:] == 0)  # tokens that never occur
+    zeroed = jax.tree.map(lambda x: x, params)
+    zeroed["params"]["embed"]["embedding"] = params["params"]["embed"]["embedding"] * mask
+    np.testing.assert_array_equal(logits, model.apply(zeroed, tokens))
 
 
 # --- the optimiser state ----------------------------------------------------------------------
@@ -175,7 +230,7 @@ def test_a_pruned_connection_keeps_its_weight_and_moments_and_resumes_when_regro
     @jax.jit
     def step(params, state, signs):
         updates, new = optimizer.update(grads, state, params,
-                                        activity={LAYER: activity_with_agreement(signs)})
+                                        coactivity=coactivity_at_first_synapse(signs))
         return optax.apply_updates(params, updates), new, updates["params"][LAYER]["kernel"]
 
     def synapse(params, state):  # (w, Adam mu, Adam nu) of synapse (0, 0)
@@ -206,7 +261,7 @@ def test_a_pruned_connection_keeps_its_weight_and_moments_and_resumes_when_regro
     assert float(moved[0, 0]) != 0.0
 
 
-def test_frozen_masks_need_no_activity_and_never_change():
+def test_frozen_masks_need_no_coactivity_and_never_change():
     params = one_layer_params()
     for masking in (masks.HebbianMasking((LAYER,), fixed=True),
                     masks.HebbianMasking((LAYER,), rate=0.0)):
@@ -225,9 +280,9 @@ def test_wrapper_works_under_jit_vmap_and_grad():
     batch = (inputs, targets, jnp.ones(targets.shape))
 
     def step(params, opt_state):
-        grads, (_, activity) = jax.grad(train.masked_loss_and_metrics, has_aux=True)(
-            params, model, opt_state, batch)
-        updates, new = optimizer.update(grads, opt_state, params, activity=activity)
+        grads, (_, coactivity) = jax.grad(train.masked_loss_and_metrics, has_aux=True)(
+            params, model, masking, opt_state, batch)
+        updates, new = optimizer.update(grads, opt_state, params, coactivity=coactivity)
         return optax.apply_updates(params, updates), new
 
     keys = jax.random.split(jax.random.key(2), 3)
@@ -247,11 +302,11 @@ def test_wrapper_works_under_jit_vmap_and_grad():
 
     def loss_after_one_step(params):
         opt_state = sgd.init(params)
-        grads, (_, activity) = jax.grad(train.masked_loss_and_metrics, has_aux=True)(
-            params, model, opt_state, batch)
-        updates, opt_state = sgd.update(grads, opt_state, params, activity=activity)
+        grads, (_, coactivity) = jax.grad(train.masked_loss_and_metrics, has_aux=True)(
+            params, model, masking, opt_state, batch)
+        updates, opt_state = sgd.update(grads, opt_state, params, coactivity=coactivity)
         return train.masked_loss_and_metrics(optax.apply_updates(params, updates), model,
-                                             opt_state, batch)[0]
+                                             masking, opt_state, batch)[0]
 
     meta = jax.jit(jax.grad(loss_after_one_step))(params0)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(meta))
@@ -291,7 +346,7 @@ class Killed(Exception):
 
 @functools.cache
 def digits_run():
-    task = tasks.get("digits")
+    task = tasks.get("images")
     model = models.make_classifier("mlp", 10, hidden=8)
     config = train.TrainConfig(steps=20, batch_size=16, learning_rate=1e-2, log_every=5,
                                eval_every=10, eval_batches=1, checkpoint_every=10)
@@ -357,7 +412,7 @@ def test_example_inputs_initialise_token_models_as_before():
     new = train.init_state(jax.random.key(5), model, inputs, optimizer)
     for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
         np.testing.assert_array_equal(a, b)
-    digits = train.example_inputs(tasks.get("digits"))
+    digits = train.example_inputs(tasks.get("images"))
     assert digits.shape == (1, 1, 64) and digits.dtype == jnp.float32
 
 
@@ -373,7 +428,8 @@ def test_example_inputs_initialise_token_models_as_before():
     (dict(layers=("logits",), prune_below=0.5, regrow_above=0.0), "prune_below <= regrow_above"),
     (dict(layers=("logits",), limit=0.5), "regrow_above < limit"),
     (dict(layers=("logits",), agreement="cosine"), "agreement must be one of"),
-    (dict(layers=("logits",), margin=1.0), "margin"),
+    (dict(layers=("logits",), margin=1.0), r"margin must lie in \[-1, 1\) with agreement 'sign'"),
+    (dict(layers=("logits",), agreement="product", margin=float("inf")), "margin must be finite"),
 ])
 def test_bad_settings_are_refused_in_one_line(config, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -384,18 +440,18 @@ def test_bad_settings_are_refused_in_one_line(config, message):
 def test_bad_use_is_refused_in_one_line():
     _, params, _, _ = mlp_setup()
     errors = []
-    unknown = r"no Dense or Embed layer 'Dense_1'.*\['hidden', 'logits'\]"
+    unknown = r"no Dense, Conv or Embed layer 'Dense_1'.*\['hidden', 'logits'\]"
     with pytest.raises(ValueError, match=unknown) as e:
         masks.HebbianMasking(("Dense_1",)).wrap(optax.sgd(1.0)).init(params)
     errors.append(e)
     optimizer = masks.HebbianMasking(("logits",)).wrap(optax.sgd(1.0))
     state = optimizer.init(params)
     grads = jax.tree.map(jnp.zeros_like, params)
-    with pytest.raises(ValueError, match="need the layers' activity") as e:
+    with pytest.raises(ValueError, match="need the layers' co-activity") as e:
         optimizer.update(grads, state, params)
     errors.append(e)
-    with pytest.raises(ValueError, match="no activity of masked layer 'logits'") as e:
-        optimizer.update(grads, state, params, activity={})
+    with pytest.raises(ValueError, match="no co-activity of masked layer 'logits'") as e:
+        optimizer.update(grads, state, params, coactivity={})
     errors.append(e)
     with pytest.raises(ValueError, match="needs params") as e:
         optimizer.update(grads, state)
@@ -413,3 +469,24 @@ def test_bad_use_is_refused_in_one_line():
         masks.masks_of(optax.adam(1.0).init(params))
     errors.append(e)
     assert all("\n" not in str(e.value) for e in errors)
+
+
+def test_masks_train_the_fast_weights_model_through_fit(tmp_path):
+    """The gradient path's fast-weights model (Ba et al. 2016) with both its readout layers
+    masked: fit prunes them, and what it scores is the masked forward pass."""
+    task = tasks.get("assoc_retrieval", num_pairs=2)
+    model = models.make_model("rnn-ln-fw", task.vocab_size, task.seq_len, 8, embed_dim=8,
+                              readout_features=8)
+    masking = masks.HebbianMasking(("readout", "logits"), rate=0.3, prune_below=-0.3,
+                                   regrow_above=0.3, limit=1.0, agreement="centred",
+                                   margin=0.3)
+    config = train.TrainConfig(steps=10, batch_size=8, learning_rate=1e-2, log_every=5,
+                               eval_every=10, eval_batches=1, checkpoint_every=10)
+    state = train.fit(model, task, config, tmp_path, masking=masking, print_fn=lambda _: None)
+    found = masks.masks_of(state.opt_state)
+    assert set(found) == {"readout", "logits"}
+    assert all(0 < float(jnp.mean(s.mask == 0)) < 1 for s in found.values())
+    batch = task.sample(jax.random.key(0), 4)
+    masked, _ = masking.apply(model, state.params, state.opt_state, batch[0])
+    np.testing.assert_array_equal(
+        masked, model.apply(train.effective_params(state, masking), batch[0]))

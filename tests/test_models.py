@@ -176,7 +176,7 @@ def test_attention_store_forms_the_explicit_fast_matrix():
 
 @pytest.mark.parametrize("name", sorted(models.CLASSIFIERS))
 def test_classifiers_map_each_step_to_logits_and_fit_a_tiny_batch(name):
-    task = tasks.get("digits")
+    task = tasks.get("images")
     batch = task.sample(jax.random.key(0), 8)
     hyper = {"channels": (4, 4)} if name == "cnn" else {}
     model = models.make_classifier(name, 10, hidden=16, **hyper)

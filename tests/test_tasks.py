@@ -294,23 +294,55 @@ def test_pixels_label_mode_scores_the_class_at_the_end():
     assert set(np.unique(targets[:, -1] - 4)) == set(range(10))
 
 
-def test_digits_task_gives_pixel_vectors_and_class_targets():
-    task = tasks.get("digits")
-    assert (task.name, task.vocab_size, task.seq_len) == ("digits", 10, 1)
+def test_images_task_gives_pixel_vectors_and_class_targets():
+    task = tasks.get("images")
+    assert (task.name, task.vocab_size, task.seq_len) == ("images", 10, 1)
     inputs, targets, mask = sample_np(task, "valid")
     assert inputs.shape == (BATCH, 1, 64) and inputs.dtype == np.float32
     assert targets.shape == mask.shape == (BATCH, 1) and targets.dtype == np.int32
     assert 0.0 <= inputs.min() and inputs.max() <= 1.0 and np.all(mask == 1.0)
     assert set(np.unique(targets)) == set(range(10))
-    splits = tasks.digits_splits()
+    splits = tasks.image_splits()
     assert [len(splits[s][0]) for s in tasks.SPLITS] == [1438, 179, 180]
     rows = {row.tobytes(): label for row, label in zip(splits["valid"][0], splits["valid"][1])}
     for row, label in zip(inputs, targets):  # sampled from the valid split, labels intact
         assert rows[row.tobytes()] == label
-    again = tasks.digits_splits()
+    again = tasks.image_splits()
     for split in tasks.SPLITS:
         for a, b in zip(splits[split], again[split]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_image_folds_validate_every_pooled_image_once_and_keep_the_test_split():
+    whole = tasks.image_splits()
+    key = lambda images, labels: sorted(zip(map(bytes, images), labels.ravel().tolist()))
+    pool = key(np.concatenate([whole["train"][0], whole["valid"][0]]),
+               np.concatenate([whole["train"][1], whole["valid"][1]]))
+    validated = []
+    for fold in range(5):
+        splits = tasks.image_splits(fold=fold, folds=5)
+        np.testing.assert_array_equal(splits["test"][0], whole["test"][0])
+        train, valid = (key(*splits[s][:2]) for s in ("train", "valid"))
+        assert len(valid) in (323, 324) and sorted(train + valid) == pool
+        validated += valid
+    assert sorted(validated) == pool
+    assert tasks.get("images", fold=2).vocab_size == 10
+    for bad, message in [(dict(fold=5), "images fold must be an integer between 0 and 4"),
+                         (dict(fold=0, folds=1), "images folds must be an integer >= 2")]:
+        with pytest.raises(ValueError, match=message):
+            tasks.image_splits(**bad)
+
+
+def test_images_task_reads_a_tfds_image_set():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        task = tasks.get("images", source="mnist")
+        splits = tasks.image_splits("mnist")
+    inputs, targets, _ = task.sample(jax.random.key(0), 8, "train")
+    assert inputs.shape == (8, 1, 784) and inputs.dtype == jnp.float32
+    assert 0.0 <= float(inputs.min()) and float(inputs.max()) <= 1.0
+    assert task.vocab_size == int(max(s[1].max() for s in splits.values())) + 1
+    assert [len(splits[s][0]) for s in tasks.SPLITS] == [40, 40, 40]  # mock: 40 per split
 
 
 def test_quantise_row_major_and_pooling():
