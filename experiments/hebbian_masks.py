@@ -12,12 +12,14 @@ synapses pruned at the same validation error):
 * ``lm``: next-character prediction on ``--corpus`` (tiny-shakespeare by default), an LSTM
   whose state feeds the logits directly; the hidden -> vocabulary readout.
 
-Digits are scored by ``--folds``-fold cross-validation: the 1,617 train + valid images are
-cut into folds (`plastix.tasks.image_splits`), every run is trained once per fold, and its
-validation error is over all 1,617 images, each scored by the model that did not train
-on it (one image is 0.06 points, where the fixed 179-image split resolves only 0.56). The
-180 test images are never used to choose anything: their error is the mean of the fold
-models'. Text is scored on fixed windows of its valid and test splits.
+Images are scored by ``--folds``-fold cross-validation: the train + valid images (1,617 of
+scikit-learn's digits) are cut into folds (`plastix.tasks.image_splits`), every run is
+trained once per fold, and its validation error is over all of them, each scored by the
+model that did not train on it (one digit image is 0.06 points, where the fixed 179-image
+split resolves only 0.56). The test images (180 digits) are never used to choose
+anything: their error is the mean of the fold models'. ``--image-source mnist`` runs the
+same parts on MNIST through TFDS. Text is scored on fixed windows of its valid and test
+splits.
 
 Per part, over ``--seeds`` (same data stream and initial weights per seed and fold):
 
@@ -147,10 +149,11 @@ class Part:
 
 
 PART_INFO = {
-    "mlp": Part("mlp", "digits, MLP 64-128-10 (masked: 128 -> 10)", "error %", 0.5),
-    "cnn": Part("cnn", "digits, CNN (masked: 128 -> 10 readout)", "error %", 0.5),
-    "lm": Part("lm", "characters, LSTM (masked: hidden -> vocabulary readout)", "bits/char",
-               0.02),
+    "mlp": Part("mlp", "{images}, MLP pixels-{hidden}-classes (masked: {hidden} -> classes)",
+                "error %", 0.5),
+    "cnn": Part("cnn", "{images}, CNN (masked: {hidden} -> classes readout)", "error %", 0.5),
+    "lm": Part("lm", "characters, LSTM {lm_hidden} (masked: {lm_hidden} -> vocabulary readout)",
+               "bits/char", 0.02),
 }
 
 
@@ -166,6 +169,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--digits-batch", type=int, default=64)
     p.add_argument("--digits-lr", type=float, default=1e-3)
     p.add_argument("--digits-hidden", type=int, default=128)
+    p.add_argument("--image-source", default="sklearn_digits",
+                   help="images of the mlp and cnn parts: 'sklearn_digits' (offline) or a "
+                        "TFDS image set such as 'mnist' (downloaded or in --data-dir)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory (--image-source)")
     p.add_argument("--folds", type=int, default=5,
                    help="cross-validation folds of the digits parts' train + valid images")
     p.add_argument("--cnn-channels", type=int, nargs=2, default=[8, 16])
@@ -246,9 +253,21 @@ def _text_task(path: str, seq_len: int) -> tasks.Task:
 
 
 @functools.lru_cache(maxsize=16)
-def _images(fold: int, folds: int) -> tuple[tasks.Task, dict]:
-    return (tasks.get("images", fold=fold, folds=folds),
-            tasks.image_splits(fold=fold, folds=folds))
+def _image_folds(source: str, fold: int, folds: int, data_dir: str | None
+                 ) -> tuple[tasks.Task, dict]:
+    return (tasks.get("images", source=source, fold=fold, folds=folds, data_dir=data_dir),
+            tasks.image_splits(source, fold, folds, data_dir))
+
+
+def images_of(args, fold: int) -> tuple[tasks.Task, dict]:
+    """The images task at a fold and its splits, whole."""
+    return _image_folds(args.image_source, fold, args.folds, args.data_dir)
+
+
+def part_label(args, info: Part) -> str:
+    images = "digits" if args.image_source == "sklearn_digits" else args.image_source
+    return info.label.format(images=images, hidden=args.digits_hidden,
+                             lm_hidden=args.lm_hidden)
 
 
 def folds_of(args, part: str) -> list[int | None]:
@@ -266,11 +285,11 @@ def part_setup(args, part: str, fold: int | None = None):
                                   embed_dim=args.lm_embed, readout_features=0)
         return model, task, {"model": model, "task": {"name": "text", "path": path,
                                                       "seq_len": args.lm_seq_len}}
-    task, _ = _images(fold, args.folds)
+    task, _ = images_of(args, fold)
     hyper = {"channels": tuple(args.cnn_channels)} if part == "cnn" else {}
-    model = models.make_classifier(part, 10, args.digits_hidden, **hyper)
-    return model, task, {"model": model, "task": {"name": "images", "fold": fold,
-                                                  "folds": args.folds}}
+    model = models.make_classifier(part, task.vocab_size, args.digits_hidden, **hyper)
+    return model, task, {"model": model, "task": {"name": "images", "source": args.image_source,
+                                                  "fold": fold, "folds": args.folds}}
 
 
 def train_config(args, part: str, seed: int) -> train.TrainConfig:
@@ -293,7 +312,7 @@ def score(args, part: str, fold: int | None, model, task, params) -> dict:
         evaluate = _lm_evaluate(model, task, args.lm_eval_batches)
         return {split: float(evaluate(params, jax.random.key(seed), split)["loss"]) / LN2
                 for split, seed in (("valid", VALID_SEED), ("test", TEST_SEED))}
-    _, splits = _images(fold, args.folds)
+    _, splits = images_of(args, fold)
     scored = {}
     for split in ("valid", "test"):
         inputs, targets, _ = splits[split]
@@ -508,6 +527,7 @@ def over_folds(results: list[dict]) -> list[dict]:
         record["valid"] = 100.0 * sum(r["valid_errors"] for r in rows) / sum(
             r["valid_count"] for r in rows)
         record["valid_count"] = sum(r["valid_count"] for r in rows)
+        record["test_count"] = rows[0]["test_count"]  # every fold scores the same test images
         for key in ("test", "sparsity", "unconnected_outputs", "target_sparsity"):
             if rows[0].get(key) is not None:
                 record[key] = float(np.mean([r[key] for r in rows]))
@@ -608,11 +628,12 @@ def collect(args, info: Part, fold_results: list[dict]) -> dict:
     hebbian = [r for r in results if r["method"] == "hebbian"]
     seeds = tuning_seeds(args, info.name)
     table = tuning(dense, hebbian, seeds)
-    part = {"part": info.name, "label": info.label, "unit": info.unit,
+    part = {"part": info.name, "label": part_label(args, info), "unit": info.unit,
             "tolerance": info.tolerance, "folds": folds, "rows": [], "tuning": [],
             "curve": [], "histories": {}, "tuning_seeds": seeds}
     if folds:
-        part["valid_count"] = dense[min(dense)]["valid_count"] if dense else None
+        for key in ("valid_count", "test_count"):
+            part[key] = dense[min(dense)][key] if dense else None
     if not dense or not table:
         part["rows"] = [summarise("dense", list(dense.values()), dense)] if dense else []
         return part
@@ -673,15 +694,17 @@ def format_report(args, parts: dict) -> str:
              "The aim: at least 90% of the layer pruned within 0.5 error points (digits) or "
              "0.02 bits/char (text) of dense, on validation. Digits: validation error by "
              f"{args.folds}-fold cross-validation over the train + valid images (each scored "
-             "once, by the model that did not train on it), test error over the 180 held-out "
-             "images, the mean of the fold models'. Text: bits/char over "
+             "once, by the model that did not train on it), test error over the held-out "
+             "test images, the mean of the fold models'. Text: bits/char over "
              f"{64 * args.lm_eval_batches} fixed windows of {args.lm_seq_len} characters per "
              "split.", ""]
     for part in parts.values():
         digits = 2 if part["unit"] == "error %" else 3
-        counted = (f" ({part['valid_count']} images, 1 image = "
-                   f"{100 / part['valid_count']:.2f} points)" if part.get("valid_count") else "")
-        lines += [f"## {part['label']}", "", f"Validation{counted}." if counted else "", "",
+        counted = (f"Validation: {part['valid_count']} images ({part['folds']} folds; 1 image = "
+                   f"{100 / part['valid_count']:.2f} points); test: {part['test_count']} "
+                   f"images (1 image = {100 / part['test_count']:.2f} points)."
+                   if part.get("valid_count") else "")
+        lines += [f"## {part['label']}", "", counted, "",
                   f"| method | valid {part['unit']} | test {part['unit']} | sparsity | "
                   "valid gap to dense | outputs left unconnected | seconds/run* |",
                   "|---|---|---|---|---|---|---|"]

@@ -81,6 +81,19 @@ def test_tiny_experiment_writes_a_consistent_report_and_reads_finished_runs_back
         report["parts"]["mlp"]["rows"]
 
 
+def test_tiny_experiment_on_mnist_through_tfds(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    flags = ["--quick", "--settings", "sign", "--curve-parts", "--parts", "mlp",
+             "--image-source", "mnist", "--out", str(tmp_path)]
+    with tfds.testing.mock_data(num_examples=40):  # 40 random 28x28 images per split
+        parts = hebbian_masks.main(flags)
+    mlp = parts["mlp"]
+    assert mlp["label"].startswith("mnist, MLP") and mlp["valid_count"] == 80
+    assert mlp["test_count"] == 40 and len(mlp["rows"]) == 4
+    saved = json.loads((tmp_path / "mlp" / "dense_s0_f0" / runs.CONFIG).read_text())
+    assert saved["experiment"]["task"]["source"] == "mnist"
+
+
 @pytest.mark.slow
 def test_tiny_experiment_on_the_embedded_corpus(tmp_path):
     flags = [*TINY, "--parts", "lm", "--corpus", "embedded", "--out", str(tmp_path)]
@@ -96,6 +109,7 @@ def test_tiny_experiment_on_the_embedded_corpus(tmp_path):
     (["--seeds", "0", "0"], "distinct"),
     (["--corpus", "/no/such/file.txt"], "is not a file"),
     (["--log-every", "0"], "--log-every must be >= 1"),
+    (["--folds", "1"], "--folds must be >= 2"),
 ])
 def test_bad_flags_are_refused_in_one_line(flags, message, capsys):
     with pytest.raises(SystemExit):
