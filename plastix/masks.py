@@ -6,7 +6,7 @@ mask m_io in {0, 1}. After each batch, with x the layer's input and y its output
 (computed with the mask applied),
 
     c_io = mean_n s(x_ni) s(y_no)                            (co-activity over the batch)
-    a_io = c_io, sign(w_io) c_io, or w_io c_io / <|w c|>     (the agreement, see below)
+    a_io = c_io, sign(w_io) c_io, or w_io c_io / <|w c|>_o   (the agreement, see below)
     h_io <- clip(h_io + rate * (a_io - margin), -limit, limit)
     m_io <- 0 where h_io < prune_below;  1 where h_io > regrow_above;  else unchanged
 
@@ -32,12 +32,19 @@ The agreements (``agreement=``):
   connections agree; centring removes that freedom.
 * ``"contribution"``: a = sign(w) c with s = sign: whether the connection's own
   contribution w x agrees in sign with the output.
-* ``"product"``: s = identity and a = w c scaled to mean magnitude 1 over the layer
-  (<|w c|> is that mean): the reference implementation's update, which adds
-  lr (y x^T) * w to a permanence clipped to [-1, 1] and keeps p > 0. For a linear layer
-  y_o = sum_j w_jo x_j + b_o this is w_io sum_j w_jo <x_i x_j> + ..., about w_io^2 <x_i^2>
-  when the inputs are uncorrelated: an activity-weighted magnitude (Optimal Brain Damage's
-  saliency of a least-squares layer), estimated by a Hebbian product.
+* ``"product"``: s = identity and a = w c, scaled so that the inputs of each output o
+  have mean magnitude 1 (<|w c|>_o is the mean over the inputs i, and over the kernel's
+  positions for a convolution): the reference implementation's update, which adds
+  lr (y x^T) * w to a permanence clipped to [-1, 1] and keeps p > 0, with the inputs of
+  each output neuron competing among themselves (scaled over the whole layer instead, a
+  weakly driven output loses every input at high margins and its class is never
+  predicted). For a linear layer y_o = sum_j w_jo x_j + b_o, w c is
+  w_io sum_j w_jo <x_i x_j> + ..., about w_io^2 <x_i^2> when the inputs are uncorrelated:
+  an activity-weighted magnitude (Optimal Brain Damage's saliency of a least-squares
+  layer), estimated by a Hebbian product.
+* ``"covariance"``: as "product" with s(v) = v - <v>: w times the covariance of the two
+  neurons, about w_io^2 var(x_i). Without the centring, the mean activities dominate
+  (with non-negative inputs, c_io ~ <x_i><y_o>) and the sign of w alone decides.
 
 ``margin`` is the agreement a connection needs to stay: the long-run fate of a connection
 is set by the sign of its mean a - margin (the thresholds and the rate set only how fast
@@ -111,7 +118,7 @@ class HebbianMasking:
       agreement: "sign", "centred", "contribution" or "product" (module docstring).
       margin: subtracted from the agreement: what a connection needs to stay; in [-1, 1)
         for the sign agreements (which lie in [-1, 1]), any finite number for "product"
-        (in units of the layer's mean agreement magnitude).
+        (in units of the mean agreement magnitude of each output's inputs).
       fixed: masks never change (as with rate 0): the fixed-mask baselines (magnitude
         pruning, random masks) train this way.
     """
@@ -299,12 +306,15 @@ def apply_masked(masking: HebbianMasking, model: nn.Module, params, opt_state, *
 
 
 def agreement(masking: HebbianMasking, coactivity, weight):
-    """a of the module docstring, from a layer's co-activity c and its (unmasked) weight."""
+    """a of the module docstring, from a layer's co-activity c and its (unmasked) weight
+    (both in weight layout, the output last)."""
     if masking.agreement == "contribution":
         return jnp.sign(weight) * coactivity
     if masking.agreement in ("product", "covariance"):
         product = weight * coactivity
-        return product / jnp.maximum(jnp.mean(jnp.abs(product)), jnp.finfo(product.dtype).tiny)
+        per_output = jnp.mean(jnp.abs(product), axis=tuple(range(product.ndim - 1)),
+                              keepdims=True)
+        return product / jnp.maximum(per_output, jnp.finfo(product.dtype).tiny)
     return coactivity
 
 

@@ -135,13 +135,19 @@ def test_centred_and_product_coactivities():
                                sign_centred(pre).T @ sign_centred(post) / len(pre), rtol=1e-6)
     _, product, params = measured("product")
     np.testing.assert_allclose(product["dense"], pre.T @ post / len(pre), rtol=1e-5)
-    # The agreement weighs it by the weight and scales it to mean magnitude 1.
+    # The agreement weighs it by the weight and scales each output's inputs to mean
+    # magnitude 1.
     kernel = params["params"]["dense"]["kernel"]
     a = masks.agreement(masks.HebbianMasking(("dense",), agreement="product"),
                         product["dense"], kernel)
-    assert float(jnp.mean(jnp.abs(a))) == pytest.approx(1.0)
-    np.testing.assert_allclose(a * jnp.mean(jnp.abs(kernel * product["dense"])),
+    np.testing.assert_allclose(jnp.mean(jnp.abs(a), axis=0), [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(a * jnp.mean(jnp.abs(kernel * product["dense"]), axis=0),
                                kernel * product["dense"], rtol=1e-5)
+    conv = params["params"]["conv"]["kernel"]
+    _, product, _ = measured("covariance")
+    a = masks.agreement(masks.HebbianMasking(("conv",), agreement="covariance"),
+                        product["conv"], conv)
+    np.testing.assert_allclose(jnp.mean(jnp.abs(a), axis=(0, 1, 2)), np.ones(4), rtol=1e-5)
     contribution = masks.agreement(masks.HebbianMasking(("dense",), agreement="contribution"),
                                    centred["dense"], kernel)
     np.testing.assert_array_equal(contribution, np.sign(kernel) * centred["dense"])
