@@ -652,7 +652,8 @@ def collect(args, info: Part, fold_results: list[dict]) -> dict:
                       for name, t in table.items()]
     part["curve"] = sorted(({"method": r["method"], "setting": r.get("setting"),
                              "seed": r["seed"], "sparsity": r["sparsity"], "valid": r["valid"],
-                             "test": r["test"]} for r in results if r["method"] != "dense"),
+                             "test": r["test"], "gap": r["valid"] - dense[r["seed"]]["valid"]}
+                            for r in results if r["method"] != "dense" and r["seed"] in dense),
                            key=lambda p: (p["method"], p["sparsity"]))
     part["dense_valid"] = float(np.mean([r["valid"] for r in dense.values()]))
     part["seconds"], part["runs"] = (float(sum(r["seconds"] for r in results)),
@@ -743,9 +744,10 @@ def format_report(args, parts: dict) -> str:
                      and p["seed"] == args.seeds[0]]
             if curve:
                 lines += ["Sparsity against validation score (first seed):", "",
-                          "| method | sparsity | valid | test |", "|---|---|---|---|"]
+                          "| method | sparsity | valid | gap to dense | test |",
+                          "|---|---|---|---|---|"]
                 lines += [f"| {p['method']} | {p['sparsity']:.3f} | {p['valid']:.{digits}f} | "
-                          f"{p['test']:.{digits}f} |" for p in curve]
+                          f"{p['gap']:+.{digits}f} | {p['test']:.{digits}f} |" for p in curve]
                 lines.append("")
     return "\n".join(lines)
 
@@ -759,24 +761,31 @@ def save_plots(args, parts: dict) -> None:
     if not shown:
         return
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
-    styles = {"magnitude": "s-", "random": "^-", "hebbian": "o"}
+    first = args.seeds[0]
     for ax, part in zip(axes[0], shown):
-        for method, style in styles.items():
-            points = [p for p in part["curve"] if p["method"] == method
-                      and (method == "hebbian" or p["seed"] == args.seeds[0])]
+        # Each point against the same seed's dense run: seeds differ more than methods.
+        for method, style in (("magnitude", "s-"), ("random", "^-")):
+            points = [p for p in part["curve"] if p["method"] == method and p["seed"] == first]
+            ax.plot([p["sparsity"] for p in points], [p["gap"] for p in points], style,
+                    label=f"{method} (seed {first})", alpha=0.8)
+        for kind, marker in (("sign", "P"), ("contribution", "X"), ("product", "D"),
+                             ("centred", "o"), ("covariance", "v")):
+            points = [t for t in part["tuning"] if SETTINGS[t["setting"]]["agreement"] == kind]
             if points:
-                ax.plot([p["sparsity"] for p in points], [p["valid"] for p in points], style,
-                        label=method if method != "hebbian" else "Hebbian (every run)",
-                        alpha=0.8)
-        ax.axhline(part["dense_valid"], color="k", ls="--", lw=1, label="dense (mean)")
-        ax.axhline(part["dense_valid"] + part["tolerance"], color="grey", ls=":", lw=1,
-                   label="dense + tolerance")
+                ax.plot([t["sparsity"] for t in points], [t["gap"] for t in points], marker,
+                        ls="none", ms=6, alpha=0.8,
+                        label=f"Hebbian {kind} (mean, seeds {part['tuning_seeds']})")
+        chosen = next(t for t in part["tuning"] if t["chosen"])
+        ax.plot(chosen["sparsity"], chosen["gap"], "*", ms=16, mfc="none", color="k",
+                label=f"chosen: {part['chosen']}")
+        ax.axhline(0.0, color="k", ls="--", lw=1, label="dense")
+        ax.axhline(part["tolerance"], color="grey", ls=":", lw=1, label="tolerance of the aim")
         ax.axvline(AIM_SPARSITY, color="grey", ls=":", lw=1)
         ax.set_xlabel("fraction of the readout pruned")
-        ax.set_ylabel(f"validation {part['unit']}")
+        ax.set_ylabel(f"validation {part['unit']} minus the same seed's dense")
         ax.set_title(part["label"], fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "sparsity_vs_error.png"), dpi=110)
     plt.close(fig)
@@ -784,11 +793,14 @@ def save_plots(args, parts: dict) -> None:
     fig, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 7), squeeze=False,
                              sharex="col")
     for column, part in enumerate(shown):
-        # Every setting at the first seed; the chosen one at every seed, drawn thick.
-        first = f"_s{args.seeds[0]}"
+        # The chosen setting at every seed, drawn thick; at the first seed, the other
+        # margins of its agreement and the plain sign rule.
+        kind = SETTINGS[part["chosen"]]["agreement"] if part.get("chosen") else None
         for name, h in sorted(part["histories"].items()):
-            chosen = name.rsplit("_s", 1)[0] == part.get("chosen")
-            if not (chosen or name.endswith(first)):
+            setting, seed = name.rsplit("_s", 1)
+            chosen = setting == part.get("chosen")
+            related = SETTINGS[setting]["agreement"] == kind or setting == "sign"
+            if not (chosen or (related and int(seed) == args.seeds[0])):
                 continue
             line, = axes[0, column].plot(h["step"], h["sparsity"], lw=2 if chosen else 1,
                                          label=name)
