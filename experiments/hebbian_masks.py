@@ -84,6 +84,8 @@ SETTINGS = {
     "contribution": dict(agreement="contribution", margin=0.0),
     "product_m0.5": dict(agreement="product", margin=0.5),
     "product_m1": dict(agreement="product", margin=1.0),
+    "product_m2": dict(agreement="product", margin=2.0),
+    "product_m3": dict(agreement="product", margin=3.0),
     "centred_m0.2": dict(agreement="centred", margin=0.2),
     "centred_m0.35": dict(agreement="centred", margin=0.35),
     "centred_m0.5": dict(agreement="centred", margin=0.5),
@@ -715,9 +717,10 @@ def format_report(args, parts: dict) -> str:
                          f"{fmt(row['valid_gap'], digits)} | "
                          f"{fmt(row['unconnected_outputs'], 1)} | {row['seconds']['mean']:.0f} |")
         if "seconds" in part:
+            folds = f", its {part['folds']} folds together" if part.get("folds") else ""
             lines.append(f"\n*Training seconds of a run's own steps (magnitude: its fine-tuning "
-                         f"half), compilation included. All {part['runs']} runs of this part: "
-                         f"{part['seconds'] / 60:.1f} min.")
+                         f"half){folds}, compilation included. All {part['runs']} runs of this "
+                         f"part: {part['seconds'] / 60:.1f} min.")
         lines.append("")
         if part.get("chosen"):
             hebb = part["rows"][1]

@@ -377,7 +377,8 @@ def _stepped_masks(masking: HebbianMasking, masks, params, paths, coactivity) ->
     missing = [layer for layer in masking.layers if layer not in coactivity]
     if missing:
         raise ValueError(f"no co-activity of masked layer {missing[0]!r} (measured: "
-                         f"{sorted(coactivity)}); is the layer applied inside a scan?")
+                         f"{sorted(coactivity)}); only Dense, Conv and Embed layers called "
+                         "outside a scan are measured")
     stepped = {}
     for layer, path in paths.items():
         a = agreement(masking, coactivity[layer], _weight(params, path))

@@ -1,6 +1,12 @@
 """The tests run under the device policy of the main job and the benchmarks."""
 
-from plastix import devices
+import os
+
+# The suite runs in several processes at once (pytest-xdist): on a GPU none of them may
+# take most of its memory up front, as JAX does by default.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from plastix import devices  # noqa: E402
 
 devices.use_all_cpu_cores()
 

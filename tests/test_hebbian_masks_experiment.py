@@ -81,6 +81,7 @@ def test_tiny_experiment_writes_a_consistent_report_and_reads_finished_runs_back
         report["parts"]["mlp"]["rows"]
 
 
+@pytest.mark.slow
 def test_tiny_experiment_on_mnist_through_tfds(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     flags = ["--quick", "--settings", "sign", "--curve-parts", "--parts", "mlp",
