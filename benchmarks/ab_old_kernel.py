@@ -36,15 +36,22 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from plastix import batching  # noqa: E402
+from plastix import batching, checks, cli  # noqa: E402
+
+
+def kernel_path(checkout: str) -> str:
+    """``plastix/kernels.py`` of ``checkout``; ValueError naming --old-checkout if absent."""
+    path = os.path.join(checkout, "plastix", "kernels.py")
+    if not os.path.isfile(path):
+        raise checks.FieldError("--old-checkout", f"{checkout} holds no plastix/kernels.py: "
+                                                  f"give a checkout of commit fd2beb9 (git "
+                                                  f"worktree add DIR fd2beb9)")
+    return path
 
 
 def load_old_kernel(checkout: str):
     """``plastix/kernels.py`` of ``checkout`` as a standalone module (it imports only jax)."""
-    path = os.path.join(checkout, "plastix", "kernels.py")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: {path} not found; --old-checkout must be a checkout of "
-                         f"commit fd2beb9 (git worktree add DIR fd2beb9)")
+    path = kernel_path(checkout)
     spec = importlib.util.spec_from_file_location("old_kernels", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -67,13 +74,25 @@ def old_kernel_fitness(kernels, evolution, inputs):
     return lambda: population(coeffs)
 
 
+# The workload flags (dests) this comparison does not read.
+UNREAD = ("memory_budget", "profile", "roofline")
+
+
+def parser() -> cli.Parser:
+    p = bench_es.make_parser()
+    p.description = __doc__.split("\n\n")[0]
+    p.add_argument("--old-checkout", required=True,
+                   help="a checkout of commit fd2beb9 (the former plastix/kernels.py)")
+    p.add_argument("--rounds", type=checks.SIZE, default=8)
+    p.set_defaults(vocab=66, generations=1)  # generations are always timed here
+    return p
+
+
 def main(argv=None) -> dict:
-    parser = bench_es.make_parser()
-    parser.add_argument("--old-checkout", required=True,
-                        help="a checkout of commit fd2beb9 (the former plastix/kernels.py)")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.set_defaults(vocab=66)
-    args = parser.parse_args(argv)
+    args = bench_es.parse_args(parser(), argv, unread=UNREAD)
+    if args.generations < 1:
+        raise checks.FieldError("--generations", f"must be >= 1 here (the generations of a "
+                                                 f"timed block), got {args.generations}")
     kernels = load_old_kernel(args.old_checkout)
     evolution = bench_es.make_evolution(args.pop, args.batch, args.seq_len, args.hidden,
                                         args.vocab, args.chunk, seed=args.seed,
@@ -83,7 +102,7 @@ def main(argv=None) -> dict:
                              bench_es.workload_inputs(evolution, population_key, eval_key))
     new = bench_es.evaluation(evolution, population_key)
     fitness_diff = float(np.max(np.abs(np.asarray(old()) - np.asarray(new(eval_key)))))
-    generations = max(args.generations, 1)
+    generations = args.generations
     state = evolution.place(evolution.init(jax.random.key(0)))
     block = lambda s: evolution.run(s, jax.random.key(1), 0, generations)[0]
     jax.block_until_ready(block(state))  # compiles
@@ -112,4 +131,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

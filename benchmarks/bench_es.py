@@ -31,7 +31,6 @@ from plastix import devices
 
 devices.use_all_cpu_cores()  # the device policy of es_abcd.py: before JAX initialises
 
-import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -43,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from plastix import batching, evolve, plastic, tasks  # noqa: E402
+from plastix import batching, checks, cli, evolve, plastic, runs, tasks  # noqa: E402
 
 FLOPS_PER_SYNAPSE_STEP = 11  # 2 for the matrix-vector product, 9 for the ABCD_lr update
 
@@ -60,12 +59,18 @@ def make_evolution(pop: int, batch: int, seq_len: int, hidden: int, vocab: int,
     net = plastic.PlasticRNN(
         vocab_size=vocab, hidden_size=hidden, granularity="synapse", readout_post="prediction",
         layer_rules=tuple((layer, "ABCD_lr") for layer in plastic.LAYERS))
-    # A small search std keeps every member's lifetime finite (the PyTorch comparison
-    # checks fitness); the cost of a lifetime does not depend on it.
-    cfg = evolve.ESConfig(population=pop, batch=batch, memory_budget=memory_budget, sigma=0.01,
-                          chunk_size=pop if chunk == 0 else chunk, noise_table=noise_table)
+    cfg = es_config(pop, batch, chunk, memory_budget, noise_table)
     task = tasks.random_tokens(vocab, seq_len)
     return evolve.make_evolution(net, task, cfg, jax.random.key(seed))
+
+
+def es_config(pop: int, batch: int, chunk: int | None = None, memory_budget: int | None = None,
+              noise_table: int | None = None) -> evolve.ESConfig:
+    """The workload's ES settings (`make_evolution`): es_abcd.py's defaults but for sigma."""
+    # A small search std keeps every member's lifetime finite (the PyTorch comparison
+    # checks fitness); the cost of a lifetime does not depend on it.
+    return evolve.ESConfig(population=pop, batch=batch, memory_budget=memory_budget, sigma=0.01,
+                           chunk_size=pop if chunk == 0 else chunk, noise_table=noise_table)
 
 
 def ask(evolution: evolve.Evolution, key: jax.Array):
@@ -211,38 +216,63 @@ def run(pop: int, batch: int, seq_len: int, hidden: int, vocab: int, repeats: in
     return record, np.asarray(nll)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The workload flags, shared with ``compare_torch.py``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pop", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=100, help="steps per lifetime")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=65)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is kept")
-    parser.add_argument("--chunk", type=int, default=None,
+def make_parser() -> cli.Parser:
+    """The workload flags, shared with ``compare_torch.py`` and ``ab_old_kernel.py``."""
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pop", type=checks.integer(at_least=2), default=64,
+                        help="ES population (even: OpenAI-ES pairs its members)")
+    parser.add_argument("--batch", type=checks.SIZE, default=8)
+    parser.add_argument("--seq-len", type=checks.SIZE, default=100, help="steps per lifetime")
+    parser.add_argument("--hidden", type=checks.SIZE, default=128)
+    parser.add_argument("--vocab", type=checks.SIZE, default=65)
+    parser.add_argument("--repeats", type=checks.SIZE, default=5,
+                        help="timed runs; the best is kept")
+    parser.add_argument("--chunk", type=checks.COUNT, default=None,
                         help="members evaluated at once (0: the whole population); default "
                              "the device policy's: two per device on CPU, all on GPU/TPU")
-    parser.add_argument("--memory-budget", type=float, default=None,
+    parser.add_argument("--memory-budget", type=checks.number(at_least=1), default=None,
                         help="bytes the evaluation may use; picks the chunk size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=checks.SEED, default=0)
     parser.add_argument("--no-roofline", dest="roofline", action="store_false")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="also trace one run with jax.profiler into DIR")
-    parser.add_argument("--generations", type=int, default=0,
+    parser.add_argument("--generations", type=checks.COUNT, default=0,
                         help="also time whole ES generations (ask, lifetimes, tell), in "
                              "compiled blocks of this many, as es_abcd.py runs them")
-    parser.add_argument("--noise-table", type=int, default=None,
+    parser.add_argument("--noise-table", type=checks.COUNT, default=None,
                         help="OpenAI-ES's shared noise table, as es_abcd.py's flag: floats "
                              "in it (default: ESConfig's), 0 for fresh Gaussian noise")
     return parser
 
 
+# ESConfig's fields by the flags that set them (`es_config`), for its errors.
+ES_FIELD_FLAGS = {"population": "--pop", "batch": "--batch", "chunk_size": "--chunk",
+                  "memory_budget": "--memory-budget", "noise_table": "--noise-table"}
+
+
+def memory_budget(args) -> int | None:
+    return None if args.memory_budget is None else int(args.memory_budget)
+
+
+def parse_args(parser: cli.Parser, argv=None, unread: tuple[str, ...] = ()):
+    """The checked command line of a benchmark built on this workload; ``unread``: the
+    dests of the workload flags that benchmark does not read, refused by name. The ES
+    settings are built here, before anything compiles, so that their errors name flags."""
+    args, given = cli.parse(parser, argv)
+    cli.refuse(given, unread, f"to {parser.prog}")
+    try:
+        es_config(args.pop, args.batch, args.chunk, memory_budget(args), args.noise_table)
+    except checks.FieldError as error:
+        raise error.renamed(lambda field: ES_FIELD_FLAGS.get(field, field)) from None
+    if args.profile is not None:
+        runs.claim(args.profile, "auto", flag="--profile")
+    return args
+
+
 def main(argv=None) -> dict:
-    args = make_parser().parse_args(argv)
-    budget = None if args.memory_budget is None else int(args.memory_budget)
+    args = parse_args(make_parser(), argv)
     record, _ = run(args.pop, args.batch, args.seq_len, args.hidden, args.vocab,
-                    repeats=args.repeats, chunk=args.chunk, memory_budget=budget,
+                    repeats=args.repeats, chunk=args.chunk, memory_budget=memory_budget(args),
                     seed=args.seed, roofline=args.roofline, profile_dir=args.profile,
                     generations=args.generations, noise_table=args.noise_table)
     print(json.dumps(record))
@@ -250,4 +280,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,8 +16,8 @@ Prints JSON (and writes it to ``--out`` if given).
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import platform
 import time
 
@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plastix import models
+from plastix import checks, cli, models, runs
 
 
 def best_time(fn, *args, repeats: int) -> float:
@@ -52,15 +52,30 @@ def time_form(form: str, seq_len: int, hidden: int, batch: int, grad: bool,
     return best_time(fn, params, x, repeats=repeats)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--hiddens", type=int, nargs="+", default=[32, 128, 256])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", help="also write the JSON here")
-    args = parser.parse_args(argv)
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seq-lens", type=checks.SIZE, nargs="+", default=[16, 64, 256])
+    p.add_argument("--hiddens", type=checks.SIZE, nargs="+", default=[32, 128, 256])
+    p.add_argument("--batch", type=checks.SIZE, default=8)
+    p.add_argument("--repeats", type=checks.SIZE, default=5)
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    return p
 
+
+def check_out(path: str) -> None:
+    """An --out file that can be written, checked before anything is timed."""
+    if not path:
+        raise checks.FieldError("--out", "must be a file path, got ''")
+    if os.path.isdir(path):
+        raise checks.FieldError("--out", f"{path} is a directory; give a file path such as "
+                                         f"{os.path.join(path, 'bench_fast_weights.json')}")
+    runs.claim(os.path.dirname(path) or ".", "auto", flag="--out")  # its directory
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    if args.out is not None:
+        check_out(args.out)
     rows = []
     for seq_len in args.seq_lens:
         for hidden in args.hiddens:
@@ -80,10 +95,10 @@ def main(argv=None):
               "jax": jax.__version__, "machine": platform.machine(), "rows": rows}
     text = json.dumps(report, indent=1)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    if args.out is not None:
+        runs.write_text(args.out, text + "\n")
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -8,11 +8,11 @@ Run from the project root::
 
     python benchmarks/bench_tasks.py [--path FILE] [--batch 1024] [--seq-len 100] [--repeats 20]
 
-If the corpus file is missing (a fresh checkout has no ``../shared/data``), a random
-corpus of the same length and alphabet size is generated and the JSON says so.
+If the default corpus is missing (a fresh checkout has no ``../shared/data``), a random
+corpus of the same length and alphabet size is generated and the JSON says so; a missing
+``--path`` is refused.
 """
 
-import argparse
 import json
 import pathlib
 import statistics
@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from plastix import tasks
+from plastix import checks, cli, tasks
 
 DEFAULT_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_CHARS = 1_115_394
@@ -57,16 +57,31 @@ def time_sampler(task: tasks.Task, batch: int, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", default=str(DEFAULT_CORPUS), help="UTF-8 text corpus")
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", default=None,
+                   help=f"UTF-8 text corpus (default {DEFAULT_CORPUS}, or a generated one "
+                        f"if that is missing)")
+    p.add_argument("--batch", type=checks.SIZE, default=1024)
+    p.add_argument("--seq-len", type=checks.SIZE, default=100)
+    p.add_argument("--repeats", type=checks.SIZE, default=20)
+    return p
 
+
+def parse_args(argv=None):
+    """The checked command line: a corpus asked for by --path must be there (only the
+    default one is replaced by a generated text)."""
+    args = parser().parse_args(argv)
+    if args.path is not None and not pathlib.Path(args.path).is_file():
+        raise checks.FieldError("--path", f"{args.path}: no such file; give a UTF-8 text "
+                                          f"file, or leave --path out to time a generated one")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        path, corpus = args.path, "file"
+        path, corpus = args.path or str(DEFAULT_CORPUS), "file"
         if not pathlib.Path(path).is_file():
             print(f"corpus {path} not found: timing a generated random corpus of "
                   f"{TINY_SHAKESPEARE_CHARS:,} characters instead", file=sys.stderr)
@@ -77,9 +92,11 @@ def main() -> None:
     for name, config in [("assoc_retrieval", {}), ("recall_overwrite", dict(num_keys=8, num_pairs=12))]:
         results.append(time_sampler(tasks.get(name, **config), args.batch, args.repeats))
 
-    print(json.dumps({"device": str(jax.devices()[0]), "jax": jax.__version__,
-                      "repeats": args.repeats, "results": results}, indent=1))
+    record = {"device": str(jax.devices()[0]), "jax": jax.__version__,
+              "repeats": args.repeats, "results": results}
+    print(json.dumps(record, indent=1))
+    return record
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

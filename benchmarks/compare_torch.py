@@ -16,6 +16,9 @@ of plastix to the faster PyTorch version, and the matmul roofline of `bench_es.p
 
     pip install torch==2.13.0   # optional benchmark dependency (CPU build)
     python benchmarks/compare_torch.py [same flags as bench_es.py]
+
+PyTorch is imported only once the flags are checked: ``--help`` and a refused flag need
+none.
 """
 
 from __future__ import annotations
@@ -26,9 +29,26 @@ import time
 
 import bench_es  # first: it configures the XLA devices before JAX initialises
 import numpy as np
-import torch
+
+from plastix import checks, cli
 
 LAYERS = ("in", "rec", "out")
+# The workload flags (dests) this comparison does not read.
+UNREAD = ("memory_budget", "profile", "generations")
+torch = None  # the module, once `import_torch` has run
+
+
+def import_torch():
+    """Import PyTorch for the functions below (an optional dependency: see the module
+    docstring); ValueError saying how to install it if it is missing."""
+    global torch
+    try:
+        import torch as module
+    except ImportError:
+        raise ValueError("benchmarks/compare_torch.py needs PyTorch, which is not installed: "
+                         "pip install 'plastix[bench]' (or pip install torch)") from None
+    torch = module
+    return module
 
 
 def scaled(coeffs: dict) -> dict:
@@ -118,11 +138,17 @@ def time_torch(fn, *args, repeats: int) -> tuple[float, torch.Tensor]:
     return best, out
 
 
+def parser() -> cli.Parser:
+    p = bench_es.make_parser()
+    p.description = __doc__.split("\n\n")[0]
+    p.add_argument("--torch-repeats", type=checks.SIZE, default=2,
+                   help="timed runs of each PyTorch version (they are slow)")
+    return p
+
+
 def main(argv=None) -> dict:
-    parser = bench_es.make_parser()
-    parser.add_argument("--torch-repeats", type=int, default=2,
-                        help="timed runs of each PyTorch version (they are slow)")
-    args = parser.parse_args(argv)
+    args = bench_es.parse_args(parser(), argv, unread=UNREAD)
+    import_torch()
     sizes = (args.pop, args.batch, args.seq_len, args.hidden, args.vocab)
     plastix, plastix_fitness = bench_es.run(*sizes, repeats=args.repeats, chunk=args.chunk,
                                             seed=args.seed, roofline=args.roofline,
@@ -155,4 +181,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -7,16 +7,16 @@ excluded) and two memory figures from XLA's compiled memory analysis: the evalua
 run (population streamed in chunks, see `plastix.batching`) and, compiled but not run,
 plain ``vmap`` over the whole population -- what chunking saves.
 
-    python benchmarks/scaling.py [--quick] [--out benchmarks/results]
+    python benchmarks/scaling.py [--quick] [--out DIR]
 
-writes ``scaling.json`` and ``scaling.png`` there.
+writes ``scaling.json`` and ``scaling.png`` to ``--out`` (default ``runs/scaling``; the
+published figures change only when asked for with ``--out benchmarks/results``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
+import os
 
 import bench_es  # first: it configures the XLA devices before JAX initialises
 import jax
@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from plastix import batching  # noqa: E402
+from plastix import batching, checks, cli, runs  # noqa: E402
 
 DEFAULTS = {"pop": 64, "batch": 8, "seq_len": 100, "hidden": 128, "vocab": 65}
 SWEEPS = {
@@ -56,7 +56,7 @@ def sweep(name: str, values: list[int], repeats: int) -> list[dict]:
     return points
 
 
-def plot(results: dict, path: pathlib.Path) -> None:
+def plot(results: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     labels = {"pop": "population P", "hidden": "hidden size N", "seq_len": "sequence length T"}
     for ax, (name, points) in zip(axes[0], results.items()):
@@ -77,23 +77,28 @@ def plot(results: dict, path: pathlib.Path) -> None:
     device = next(iter(results.values()))[0]["device"]
     fig.suptitle(f"plastix bench_es workload scaling ({device}; others at P64 B8 T100 N128 V65)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    runs.save_figure(fig, path, dpi=110)
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few small points only")
+    p.add_argument("--repeats", type=checks.SIZE, default=3)
+    p.add_argument("--out", default="runs/scaling",
+                   help="directory of scaling.json and scaling.png (the published ones are in "
+                        "benchmarks/results)")
+    return p
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few small points only")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=pathlib.Path,
-                        default=pathlib.Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    runs.claim(args.out, "auto", outputs=("scaling.json", "scaling.png"))  # before the sweeps
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     results = {name: sweep(name, values, args.repeats) for name, values in sweeps.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "scaling.png")
+    runs.write_json(os.path.join(args.out, "scaling.json"), results)
+    plot(results, os.path.join(args.out, "scaling.png"))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,10 +13,12 @@ readout), ``overwrite`` (recall with overwrites, the 16-term ``multilinear_mod``
 from zero, against the hand-tuned delta rule) and ``text`` (100-character lifetimes of a
 text file; ``--text-path``, default the tiny-shakespeare copy beside the repository).
 
-Writes ``--out/report.md`` and ``report.json``: test NLL and accuracy, wall time, updates,
-lifetimes evaluated and the learned coefficients side by side. Each run is an ``es_abcd.py``
-run directory under ``--out/<preset>_<outer>_s<seed>/``; a run that finished is read back
-instead of run again, so a killed comparison is completed by running the command again.
+Writes ``--out/report.md`` and ``report.json`` (default ``runs/compare_outer``; the
+published copy, ``experiments/results/compare_outer.md``, changes only when copied there):
+test NLL and accuracy, wall time, updates, lifetimes evaluated and the learned coefficients
+side by side. Each run is an ``es_abcd.py`` run directory under
+``--out/<preset>_<outer>_s<seed>/``; a run that finished is read back instead of run again,
+so a killed comparison is completed by running the command again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -35,10 +36,11 @@ import es_abcd  # noqa: E402  (sets the device policy before JAX starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import plastic, runs  # noqa: E402
+from plastix import checks, cli, plastic, runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TEXT = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+DEFAULT_TEXT = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
+                                            "input.txt"))
 TEST_SEED = 777
 # Far more updates than any budget allows: the budget ends every run.
 UNBOUNDED = 10**9
@@ -75,24 +77,33 @@ PRESETS = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+REPORT_FILES = ("report.md", "report.json")
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--budget-s", type=float, default=240.0,
+    p.add_argument("--budget-s", type=checks.RATE, default=240.0,
                    help="wall-clock seconds per run (compilation included)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--eval-batch", type=int, default=1024,
+    p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0])
+    p.add_argument("--eval-batch", type=checks.SIZE, default=1024,
                    help="held-out sequences scored (validation while running, test at the end)")
     p.add_argument("--text-path", default=DEFAULT_TEXT, help="corpus of the text preset")
     p.add_argument("--out", default="runs/compare_outer")
-    args = p.parse_args(argv)
-    if not 0 < args.budget_s < math.inf:
-        p.error(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
-    if args.eval_batch < 1:
-        p.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
-    if "text" in args.presets and not os.path.isfile(args.text_path):
-        p.error(f"--text-path {args.text_path} is not a file (the text preset needs a corpus)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The checked command line; ValueError naming the flag for a mistake."""
+    args, given = cli.parse(parser(), argv)
+    if "text" not in args.presets:
+        cli.refuse(given, ["text_path"], "without the text preset (--presets text)")
+    elif not os.path.isfile(args.text_path):
+        raise checks.FieldError("--text-path", f"{args.text_path}: no such file (the text "
+                                               f"preset needs a corpus); give a text file")
+    for flag, values in (("--presets", args.presets), ("--seeds", args.seeds)):
+        if len(set(values)) != len(values):
+            raise checks.FieldError(flag, f"must not repeat a value, got {values}")
     return args
 
 
@@ -107,17 +118,33 @@ def run_flags(args, preset: str, outer: str, seed: int) -> list[str]:
     return flags
 
 
+def finished_result(path: str, settings: dict) -> dict | None:
+    """The result at ``path`` if the run finished, else None; a result made under other
+    ``settings`` (its flags, its budget) is refused, never reported as this run's."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    differs = [key for key, value in settings.items() if result.get(key) != value]
+    if differs:
+        raise ValueError(f"{path} holds a result made with other settings (differs in: "
+                         f"{', '.join(differs)}); choose another --out or delete it")
+    return result
+
+
 def run_one(args, preset: str, outer_name: str, seed: int) -> dict:
     """One outer loop for the budget (or its finished result), scored on the test split."""
-    cfg, _ = es_abcd.parse_config(run_flags(args, preset, outer_name, seed))
+    flags = run_flags(args, preset, outer_name, seed)
+    cfg, _ = es_abcd.parse_config(flags)
     result_path = os.path.join(cfg.out, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+    settings = {"flags": flags, "budget_s": args.budget_s}
+    if (done := finished_result(result_path, settings)) is not None:
+        return done
     began = time.perf_counter()
     # Not resumed: a run killed before its result was written starts again, so that
     # every reported run had one uninterrupted budget.
-    outer, history, params = es_abcd.run_outer(cfg, resume=False, time_budget_s=args.budget_s)
+    outer, history, params = es_abcd.run_outer(cfg, mode="overwrite",
+                                               time_budget_s=args.budget_s)
     seconds = time.perf_counter() - began
     nll, accuracy = es_abcd.score(outer.net, outer.task, params, jax.random.key(TEST_SEED),
                                   "test", args.eval_batch)
@@ -127,10 +154,9 @@ def run_one(args, preset: str, outer_name: str, seed: int) -> dict:
         "preset": preset, "outer": outer_name, "seed": seed, "test_nll": nll,
         "test_accuracy": accuracy, "seconds": seconds, "updates": updates,
         "lifetimes": updates * per_update,
-        "coefficients": shown_coefficients(outer.net, params),
-        "flags": run_flags(args, preset, outer_name, seed),
+        "coefficients": shown_coefficients(outer.net, params), **settings,
     }
-    runs.atomic_write(result_path, json.dumps(result, indent=1).encode())
+    runs.write_json(result_path, result)
     return result
 
 
@@ -193,21 +219,18 @@ def format_report(args, results: list[dict], hands: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
     results = [run_one(args, preset, outer, seed) for preset in args.presets
                for seed in args.seeds for outer in es_abcd.OUTER_LOOPS]
     hands = [row for preset in args.presets for row in hand_rows(args, preset)]
     report = format_report(args, results, hands)
     print("\n" + report)
-    runs.atomic_write(os.path.join(args.out, "report.md"), (report + "\n").encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"),
-                      json.dumps({"results": results, "hand_rules": hands}, indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report + "\n")
+    runs.write_json(os.path.join(args.out, "report.json"),
+                    {"results": results, "hand_rules": hands})
     print(f"wrote {args.out}/report.md and report.json")
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -37,9 +37,10 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import typing
+from collections.abc import Callable
+from typing import Any
 
 from plastix import devices
 
@@ -50,7 +51,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import evolve, metagrad, plastic, runs, tasks  # noqa: E402
+from plastix import checks, cli, evolve, metagrad, plastic, runs, tasks  # noqa: E402
 
 HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # Hebb with decay keeps a fraction 1 - eta*decay of each weight per step: the grid is over
@@ -78,9 +79,15 @@ GRAD_FLAG_NAMES = {
     "lr_min": ("--grad-lr-min",),
     "clip_norm": ("--grad-clip",),
 }
-# Each outer loop's host loop (the same signature and run directory).
+# Each outer loop's host loop (the same signature and run directory), and what it counts.
 OUTER_LOOPS = {"es": evolve.evolve, "gradient": metagrad.descend}
+STEP_NAMES = {"es": "generation", "gradient": "update"}
 MIB = 2**20
+# The report's held-out figures: the test split drawn with this key (and the hand rules'
+# settings chosen on the validation split, drawn with the next).
+TEST_KEY = 777
+# What a run writes besides its run files; --overwrite removes them with the run.
+REPORT_FILES = ("report.md", "report.json", "fitness.png", "coefficients.png", "weights.png")
 
 # config.json keys a resumed run may set afresh: its length (the schedules and keys depend
 # only on the generation index, so a finished run resumed with more generations equals one
@@ -151,7 +158,7 @@ class RunConfig:
 
 
 def _mebibytes(text: str) -> int:
-    return int(float(text) * MIB)
+    return int(checks.RATE.parse(text) * MIB)
 
 
 def _json_value(text: str):
@@ -184,13 +191,16 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _flag_kwargs(hint) -> dict:
-    """argparse keyword arguments for a dataclass field of type ``hint``."""
+def _flag_kwargs(hint, bound: checks.Bound | None = None) -> dict:
+    """argparse keyword arguments for a dataclass field of type ``hint``, its values
+    checked against the field's declared ``bound``."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if type(None) in typing.get_args(hint) and len(args) == 1:
         hint = args[0]  # Optional[X]: the flag takes an X, its absence means None
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if bound is not None:
+        return {"type": bound}
     if hint in (int, float, str):
         return {"type": hint}
     if typing.get_origin(hint) is typing.Literal:
@@ -212,7 +222,7 @@ def es_flags(cls: type = evolve.ESConfig, names: dict | None = None,
         if field.name in skip:
             continue
         flags = names.get(field.name, (f"--{field.name.replace('_', '-')}",))
-        kwargs = _flag_kwargs(hints[field.name])
+        kwargs = _flag_kwargs(hints[field.name], checks.bound_of(field))
         if field.default is not dataclasses.MISSING:
             kwargs["default"] = field.default
         elif field.default_factory is not dataclasses.MISSING:
@@ -243,12 +253,20 @@ def add_grad_flags(parser: argparse.ArgumentParser, cls: type = metagrad.GradCon
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """The parsed command line (checked value by value, not yet as a whole)."""
+    return parse_flags(argv)[0]
+
+
+def parser() -> cli.Parser:
+    """The command line: the run's own flags, then every ES and gradient setting."""
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", default="assoc_retrieval", help="plastix.tasks name")
-    p.add_argument("--num-pairs", type=int, default=None, help="pairs per sequence (retrieval tasks)")
-    p.add_argument("--num-keys", type=int, default=None, help="key alphabet (recall_overwrite)")
+    p.add_argument("--num-pairs", type=checks.SIZE, default=None,
+                   help="pairs per sequence (retrieval tasks)")
+    p.add_argument("--num-keys", type=checks.SIZE, default=None,
+                   help="key alphabet (recall_overwrite)")
     p.add_argument("--text-path", default=None, help="local text file for --task text")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (text tasks)")
+    p.add_argument("--seq-len", type=checks.SIZE, default=None, help="window length (text tasks)")
     for layer in plastic.LAYERS:
         default = "ABCD_lr" if layer == "out" else "none"
         p.add_argument(f"--rule-{layer}", default=default, help=f"rule of W_{layer} ('none': fixed)")
@@ -256,7 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--readout-post", default="auto", choices=plastic.READOUT_POSTS)
     p.add_argument("--normalise", default="none", choices=plastic.NORMALISATIONS)
     p.add_argument("--modulation", default="none", choices=plastic.MODULATIONS)
-    p.add_argument("--weight-noise", type=float, default=0.0)
+    p.add_argument("--weight-noise", type=checks.NONNEGATIVE, default=0.0,
+                   help="std of the noise added to plastic weights every step")
     p.add_argument("--normalise-layers", nargs="+", default=list(plastic.LAYERS),
                    choices=plastic.LAYERS,
                    help="the plastic layers --normalise and --weight-noise act on (all)")
@@ -266,25 +285,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero", "delta"),
                    help="ES start: the rules' default coefficients, all zero with eta = 1, or "
                         "the readout at the delta rule (eta = 100)")
-    p.add_argument("--init-hidden-eta", type=float, default=1.0,
+    p.add_argument("--init-hidden-eta", type=checks.RATE, default=1.0,
                    help="with --init-mean zero or delta: the rate the hidden layers' rules "
                         "start from (a small one lets the outer loop grow hidden plasticity "
                         "from nearly none)")
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--init-scale", type=float, default=0.1,
+    p.add_argument("--hidden", type=checks.SIZE, default=32)
+    p.add_argument("--init-scale", type=checks.NONNEGATIVE, default=0.1,
                    help="initial weights U(-a, a) each lifetime (Najarro & Risi: 0.1)")
-    p.add_argument("--generations", type=int, default=300)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=checks.COUNT, default=300,
+                   help="ES generations or gradient updates (0: report the starting point)")
+    p.add_argument("--log-every", type=checks.SIZE, default=10)
+    p.add_argument("--seed", type=checks.SEED, default=0)
     p.add_argument("--out", default="runs/es_abcd")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint")
+    choice.add_argument("--overwrite", action="store_true",
+                        help="replace the run --out holds (without either, a directory that "
+                             "holds a run is refused)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--outer", default="es", choices=tuple(OUTER_LOOPS),
                    help="what learns the rule: ES (evosax) or gradient descent through the "
                         "lifetime (optax); the same network, loss and starting point")
     add_es_flags(p)
     add_grad_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_flags(argv=None) -> tuple[argparse.Namespace, dict[str, str]]:
+    """``(args, given)``: the parsed command line and the flags it wrote (`cli.parse`)."""
+    return cli.parse(parser(), argv)
 
 
 def task_config(args) -> TaskConfig:
@@ -330,23 +360,72 @@ def build_grad_config(args, cls: type = metagrad.GradConfig) -> metagrad.GradCon
                   for f in dataclasses.fields(cls)})
 
 
+# The task flags (dests) and the task settings they give.
+TASK_FLAGS = {"num_pairs": "num_pairs", "num_keys": "num_keys", "text_path": "path",
+              "seq_len": "seq_len"}
+
+
+def refuse_inapplicable(args, given: dict[str, str]) -> None:
+    """Refuse, by name, flags written on the command line that the run would ignore: a
+    task setting the task does not take, a setting of the other outer loop, a hidden
+    start rate with the rules' default start."""
+    takes = tasks.settings(args.task)
+    if args.task == "text" and args.text_path is None:
+        raise ValueError("--task text needs --text-path FILE (a plain-text corpus)")
+    cli.refuse(given, [dest for dest, setting in TASK_FLAGS.items() if setting not in takes],
+               f"to --task {args.task}")
+    es_only = [f.name for f in dataclasses.fields(evolve.ESConfig) if f.name not in SHARED_FIELDS]
+    grad_only = [f"grad_{f.name}" for f in dataclasses.fields(metagrad.GradConfig)
+                 if f.name not in SHARED_FIELDS]
+    cli.refuse(given, es_only if args.outer == "gradient" else grad_only,
+               f"to --outer {args.outer}")
+    if args.init_mean == "defaults":
+        cli.refuse(given, ["init_hidden_eta"], "to --init-mean defaults (use zero or delta)")
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of an ES or gradient setting (``"gradient lr_min"`` is the
+    gradient loop's)."""
+    if field.startswith("gradient "):
+        field = field.removeprefix("gradient ")
+        if field not in SHARED_FIELDS:
+            return GRAD_FLAG_NAMES.get(field, (f"--{field.replace('_', '-')}",))[0]
+    return ES_FLAG_NAMES.get(field, (f"--{field.replace('_', '-')}",))[0]
+
+
+def _named_by_flags(build: Callable[[], Any]) -> Any:
+    # A setting refused for another's sake (lr below lr_min) names both by their flags.
+    try:
+        return build()
+    except checks.FieldError as e:
+        raise e.renamed(flag_of) from None
+
+
 def run_config(args) -> RunConfig:
     """The parsed command line as one frozen config (builds the task for its vocabulary)."""
-    if not 0 < args.init_hidden_eta < math.inf:
-        raise ValueError(f"--init-hidden-eta must be a finite rate > 0, got {args.init_hidden_eta}")
     task = task_config(args)
-    return RunConfig(task=task, net=build_net(args, task.build().vocab_size),
-                     es=build_es_config(args), outer=args.outer, grad=build_grad_config(args),
+    net = build_net(args, task.build().vocab_size)
+    if not net.layer_rules and not net.evolve_init:
+        raise ValueError("nothing to learn: every layer is fixed (--rule-in, --rule-rec and "
+                         "--rule-out are none) and --evolve-init is off")
+    return RunConfig(task=task, net=net, es=_named_by_flags(lambda: build_es_config(args)),
+                     outer=args.outer, grad=_named_by_flags(lambda: build_grad_config(args)),
                      init_mean=args.init_mean, init_hidden_eta=args.init_hidden_eta,
                      seed=args.seed,
                      generations=args.generations, log_every=args.log_every, out=args.out,
                      plots=not args.no_plots)
 
 
-def parse_config(argv=None) -> tuple[RunConfig, bool]:
-    """``(run config, resume)`` of a command line."""
-    args = parse_args(argv)
-    return run_config(args), args.resume
+def run_mode(args) -> str:
+    """What to do with --out (`runs.claim`): resume its run, replace it, or start anew."""
+    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
+
+
+def parse_config(argv=None) -> tuple[RunConfig, str]:
+    """``(run config, run-directory mode)`` of a command line."""
+    args, given = parse_flags(argv)
+    refuse_inapplicable(args, given)
+    return run_config(args), run_mode(args)
 
 
 # Keys of the flat config.json of runs written before RunConfig that name an ESConfig
@@ -462,7 +541,7 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
     scored on the test split like everything else.
     """
     net, task = outer.net, outer.task
-    test_key = jax.random.key(777)
+    test_key = jax.random.key(TEST_KEY)
 
     def row(label, row_net, params, note=""):
         nll, acc = score(row_net, task, params, test_key, "test", eval_batch)
@@ -507,7 +586,8 @@ def ngram_rows(task, fit_batch: int = 4096, eval_batch: int = 512) -> list[dict]
     bigram = np.ones((v, v))
     np.add.at(bigram, (inputs[scored], targets[scored]), 1.0)
     unigram, bigram = unigram / unigram.sum(), bigram / bigram.sum(1, keepdims=True)
-    inputs, targets, mask = jax.device_get(task.sample(jax.random.key(777), eval_batch, "test"))
+    inputs, targets, mask = jax.device_get(task.sample(jax.random.key(TEST_KEY), eval_batch,
+                                                       "test"))
     scored = mask > 0
     rows = []
     for label, probs in (("unigram (train-fitted)", unigram[targets[scored]]),
@@ -573,8 +653,10 @@ def summarise(x, max_values: int = 16):
     return {"shape": list(x.shape), **{k: significant_figures(v) for k, v in stats.items()}}
 
 
-def format_report(rows: list[dict], task) -> str:
-    lines = [f"Held-out (test split) in-lifetime prediction on {task.name!r}", "",
+def format_report(rows: list[dict], task, test_sequences: int) -> str:
+    lines = [f"Held-out in-lifetime prediction on {task.name!r}: the test split, "
+             f"{test_sequences} sequences (key {TEST_KEY}); hand rules' settings chosen on "
+             f"{test_sequences} validation sequences", "",
              "| model | test NLL (nats) | bits/token | accuracy | note |",
              "|---|---|---|---|---|"]
     for r in rows:
@@ -592,18 +674,22 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def series(key):  # None (no finite figure) plots as a gap
+        return [np.nan if r[key] is None else r[key] for r in history]
+
     fig, ax = plt.subplots(figsize=(6, 4))
     if history and "generation" in history[0]:
         steps, what = [r["generation"] for r in history], "generation"
-        ax.plot(steps, [r["mean_fitness"] for r in history], label="train: population mean NLL")
-        ax.plot(steps, [r["best_fitness"] for r in history], label="train: best member fitness")
-        ax.plot(steps, [r["valid_nll"] for r in history], label="held-out: ES mean NLL")
+        ax.plot(steps, series("mean_fitness"), label="train: population mean NLL")
+        ax.plot(steps, series("best_fitness"), label="train: best member fitness")
+        ax.plot(steps, series("valid_nll"), label="valid: ES mean NLL")
     else:
         steps, what = [r["step"] for r in history], "gradient update"
-        ax.plot(steps, [np.nan if r["train_nll"] is None else r["train_nll"] for r in history], label="train: batch NLL (block mean)")
-        ax.plot(steps, [r["valid_nll"] for r in history], label="held-out NLL")
+        ax.plot(steps, series("train_nll"), label="train: batch NLL (block mean)")
+        ax.plot(steps, series("valid_nll"), label="valid NLL")
     ax.set_xlabel(what), ax.set_ylabel("NLL (nats / scored token)"), ax.legend()
-    fig.tight_layout(), fig.savefig(os.path.join(out_dir, "fitness.png"), dpi=120), plt.close(fig)
+    fig.tight_layout(), runs.save_figure(fig, os.path.join(out_dir, "fitness.png"), dpi=120)
+    plt.close(fig)
 
     coeffs = evolved_params["coeffs"]
     names = [(layer, name) for layer in coeffs for name in coeffs[layer]]
@@ -612,7 +698,7 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
     for ax, (layer, name) in zip(axes[0], names):
         ax.hist(np.ravel(coeffs[layer][name]), bins=30)
         ax.set_title(f"{layer}: {name}", fontsize=8)
-    fig.tight_layout(), fig.savefig(os.path.join(out_dir, "coefficients.png"), dpi=120)
+    fig.tight_layout(), runs.save_figure(fig, os.path.join(out_dir, "coefficients.png"), dpi=120)
     plt.close(fig)
 
     inputs, targets, mask = outer.task.sample(jax.random.key(5), 1, "test")
@@ -625,7 +711,8 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
             limit = float(np.max(np.abs(w))) or 1.0  # symmetric, so white is zero
             im = ax.imshow(np.asarray(w), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(f"W_{layer} at lifetime {when}", fontsize=9), fig.colorbar(im, ax=ax)
-    fig.tight_layout(), fig.savefig(os.path.join(out_dir, "weights.png"), dpi=120), plt.close(fig)
+    fig.tight_layout(), runs.save_figure(fig, os.path.join(out_dir, "weights.png"), dpi=120)
+    plt.close(fig)
 
 
 # --- main ---------------------------------------------------------------------------
@@ -634,6 +721,15 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
 def make_outer(cfg: RunConfig):
     """The outer loop of a run: an `evolve.Evolution` or a `metagrad.MetaGradient` on the
     same network, task and starting point."""
+    # Built once per configuration and process (keyed without the run's length and
+    # directory, which it does not read), so that runs of one configuration in one
+    # process -- a resume, the cells of an experiment, a notebook -- compile once.
+    return _build_outer(dataclasses.replace(cfg, out="", generations=0, log_every=1,
+                                            plots=False))
+
+
+@functools.lru_cache(maxsize=8)
+def _build_outer(cfg: RunConfig):
     task, net = cfg.task.build(), cfg.net
     key, start = jax.random.key(cfg.seed), initial_mean(cfg.net, cfg)
     if cfg.outer == "gradient":
@@ -659,49 +755,67 @@ def describe(cfg: RunConfig, outer) -> str:
             f"{jax.default_backend()} device(s)")
 
 
-def progress_line(r: dict) -> str:
-    """One logged block of either outer loop."""
+def _shown(x, digits: int = 4) -> str:
+    return "none finite" if x is None else f"{x:.{digits}f}"
+
+
+def progress_line(r: dict, valid_sequences: int | None = None) -> str:
+    """One logged block of either outer loop; ``valid_sequences``: how many validation
+    sequences its held-out figures average."""
     speed = (f"{r['lifetimes_per_s']:.0f} lifetimes/s = "
              f"{r['synapse_updates_per_s']:.3g} synapse updates/s")
-    held_out = (f"held-out NLL {r['valid_nll']:.4f} acc {r['valid_accuracy']:.3f} | "
+    sample = f" ({valid_sequences} seqs)" if valid_sequences else ""
+    held_out = (f"valid NLL {_shown(r['valid_nll'])} acc {r['valid_accuracy']:.3f}{sample} | "
                 f"nonfinite {r['nonfinite']}")
     if "generation" in r:
-        return (f"gen {r['generation']:5d} | fitness best {r['best_fitness']:.4f} "
-                f"mean {r['mean_fitness']:.4f} | acc mean {r['mean_accuracy']:.3f} | "
-                f"{held_out} | {speed}")
+        if r["best_fitness"] is None:
+            fitness = f"no finite member of {r.get('finite_members', 0) + r['nonfinite']}"
+        else:
+            fitness = (f"fitness best {r['best_fitness']:.4f} mean {r['mean_fitness']:.4f} | "
+                       f"acc mean {r['mean_accuracy']:.3f}")
+        return f"gen {r['generation']:5d} | {fitness} | {held_out} | {speed}"
     train = ("every update skipped" if r["train_nll"] is None else
              f"train NLL {r['train_nll']:.4f} acc {r['train_accuracy']:.3f}")
-    return (f"step {r['step']:5d} | {train} | |g| {r['grad_norm']:.3g} | {held_out} | "
-            f"{speed}")
+    grad_norm = "nonfinite" if r["grad_norm"] is None else f"{r['grad_norm']:.3g}"
+    return f"step {r['step']:5d} | {train} | |g| {grad_norm} | {held_out} | {speed}"
 
 
-def run_outer(cfg: RunConfig, resume: bool, time_budget_s: float | None = None):
-    """The run every entry point shares: refuse a mismatched resume, build the outer loop,
-    write ``config.json``, then run the loop with progress lines.
+def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = None):
+    """The run every entry point shares: claim the run directory (``mode``: a
+    `runs.claim` mode), refuse a mismatched resume, build the outer loop, write
+    ``config.json``, then run the loop with progress lines.
 
     Returns ``(outer, history, learned)``: the outer loop (its ``net`` and ``task``), the
     logged records, and the learned parameters on the host.
     """
     cfg_dict = runs.config_dict(cfg)
+    resume = runs.claim(cfg.out, mode, outputs=REPORT_FILES)
     runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
     outer = make_outer(cfg)
-    runs.write_config(cfg.out, cfg_dict)
     print(describe(cfg, outer), flush=True)
+
+    def start(step: int) -> None:  # the checkpoint and history are sound: claim the run
+        runs.write_config(cfg.out, cfg_dict)
+        if resume:
+            print(f"resumed {cfg.out} at {STEP_NAMES[cfg.outer]} {step} of {cfg.generations}"
+                  if step else f"{cfg.out} holds no checkpoint yet: the run starts afresh",
+                  flush=True)
+
     state, history = OUTER_LOOPS[cfg.outer](
         outer, cfg.seed, cfg.generations, out_dir=cfg.out, log_every=cfg.log_every,
-        resume=resume, time_budget_s=time_budget_s,
-        on_log=lambda r: print(progress_line(r), flush=True))
+        resume=resume, time_budget_s=time_budget_s, on_start=start,
+        on_log=lambda r: print(progress_line(r, valid_sequences=cfg.es.eval_batch), flush=True))
     return outer, history, jax.device_get(outer.params(state))
 
 
 def main(argv=None) -> list[dict]:
-    cfg, resume = parse_config(argv)
+    cfg, mode = parse_config(argv)
     t0 = time.perf_counter()
-    outer, history, learned = run_outer(cfg, resume)
+    outer, history, learned = run_outer(cfg, mode)
     task, net = outer.task, outer.net
     rows = build_report(outer, learned, cfg.es.eval_batch,
                         label="evolved rule" if cfg.outer == "es" else "learned rule (gradient)")
-    report = format_report(rows, task)
+    report = format_report(rows, task, cfg.es.eval_batch)
     effective = jax.device_get(plastic.rule_coeffs(net, learned))  # eta, not log(eta)
     pattern = delta_sign_pattern({"coeffs": effective})
     if pattern is not None:
@@ -709,12 +823,11 @@ def main(argv=None) -> list[dict]:
     print("\n" + report)
     what = "ES mean" if cfg.outer == "es" else "after the last update"
     print(f"\nlearned coefficients ({what}): {jax.tree.map(summarise, effective)}")
-    with open(os.path.join(cfg.out, "report.md"), "w") as f:
-        f.write(report + "\n")
-    with open(os.path.join(cfg.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "seconds": time.perf_counter() - t0, "outer": cfg.outer,
-                   "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(),
-                                                  effective)}, f, indent=1)
+    runs.write_text(os.path.join(cfg.out, "report.md"), report + "\n")
+    runs.write_json(os.path.join(cfg.out, "report.json"), {
+        "rows": rows, "seconds": time.perf_counter() - t0, "outer": cfg.outer,
+        "test_split": {"sequences": cfg.es.eval_batch, "key": TEST_KEY},
+        "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(), effective)})
     if cfg.plots:
         save_plots(cfg.out, history, outer, learned)
     print(f"\nwrote {cfg.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "
@@ -723,7 +836,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

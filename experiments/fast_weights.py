@@ -11,8 +11,13 @@ Subcommands:
 Every run lives in its own directory (``runs/`` by default), a ``plastix.runs`` run
 directory: config.json (the experiment -- model, hidden size, model hyperparameters, task --
 and the training settings), metrics.jsonl and checkpoint.msgpack. Running a command again
-resumes unfinished runs and skips finished ones; a larger --steps extends them. A directory
-that holds a run with other settings is refused with a one-line error naming them.
+resumes unfinished runs and skips finished ones; a larger --steps extends them; --overwrite
+trains them afresh. A directory that holds a run with other settings is refused with a
+one-line error naming them.
+
+table1 and charlm write their tables to --results (``<--runs>/results`` by default); the
+published tables in ``experiments/results/`` change only when asked for with
+``--results experiments/results``.
 
 Reference: Ba, Hinton, Mnih, Leibo, Ionescu, "Using Fast Weights to Attend to the Recent
 Past", NeurIPS 2016 (arXiv:1610.06258), section 4.1 and Table 1.
@@ -24,16 +29,20 @@ import argparse
 import dataclasses
 import functools
 import json
-import sys
+import os
 import time
 from pathlib import Path
 
 import jax
 
-from plastix import models, runs, tasks, train
+from plastix import checks, cli, models, runs, tasks, train
 
-RESULTS = Path(__file__).parent / "results"
-TINY_SHAKESPEARE = "/work/shared/data/tinyshakespeare/input.txt"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PUBLISHED_RESULTS = os.path.join("experiments", "results")
+# Beside the repository, as the other experiments look for it; normalised, so that the
+# path saved in a run's config is the same however the repository is reached.
+DEFAULT_CORPUS = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
+                                              "input.txt"))
 
 # The task configurations the experiments use: name -> kwargs of tasks.get.
 TASK_CONFIGS = {
@@ -43,8 +52,10 @@ TASK_CONFIGS = {
     # A small MQAR (Arora et al. 2024) that a CPU can train: 8 pairs asked in one window of
     # 32 tokens, 31 key ids and 32 value ids; 8 scored answers per sequence.
     "mqar": {"name": "mqar", "vocab_size": 64, "num_pairs": 8, "seq_len": 32},
-    "text": {"name": "text", "path": TINY_SHAKESPEARE, "seq_len": 100},
+    "text": {"name": "text", "path": DEFAULT_CORPUS, "seq_len": 100},
 }
+# The model whose cell the --form flag chooses the form of.
+FAST_WEIGHTS = "rnn-ln-fw"
 
 # Table 1 of Ba et al. 2016: associative retrieval test error (%), R hidden units.
 PAPER_TABLE1 = {
@@ -79,27 +90,43 @@ def build(experiment: dict):
     return model, task
 
 
-def train_run(run_dir: Path, experiment: dict, config: train.TrainConfig) -> train.TrainState:
-    """Train (or resume, or skip if finished) one run; returns its final state.
+def train_run(run_dir: Path, experiment: dict, config: train.TrainConfig, mode: str = "auto",
+              flag: str = "--run-dir") -> train.TrainState:
+    """Train (or resume, or skip if finished; with ``mode="overwrite"`` train afresh) one
+    run; returns its final state.
 
     Raises ValueError if ``run_dir`` holds a run of another experiment or other settings.
     """
     model, task = build(experiment)
     tag = run_dir.name
-    return train.fit(model, task, config, run_dir, experiment=experiment,
+    return train.fit(model, task, config, run_dir, experiment=experiment, mode=mode, flag=flag,
                      print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
 
 
 def read_run(run_dir: Path) -> tuple[dict, train.TrainConfig]:
-    """(experiment, TrainConfig) of a run directory."""
+    """(experiment, TrainConfig) of a run directory; ValueError naming the directory or
+    file if it holds no run of this experiment."""
+    if not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir} " + (
+            "is a file, not a run directory" if run_dir.exists() else "does not exist"))
     saved = runs.read_config(run_dir)
     if saved is None:
-        raise FileNotFoundError(f"{run_dir} holds no run ({runs.CONFIG} is missing)")
-    if "train" in saved:
-        return saved["experiment"], train.TrainConfig(**saved["train"])
-    # Runs from before the run directory layout: the experiment had a file of its own.
-    experiment = json.loads((run_dir / "experiment.json").read_text())
-    return experiment, train.TrainConfig(**saved)
+        raise ValueError(f"--run-dir {run_dir} holds no run ({runs.CONFIG} is missing)")
+    try:
+        if "train" in saved:
+            return saved["experiment"], train.TrainConfig(**saved["train"])
+        # Runs from before the run directory layout: the experiment had a file of its own.
+        experiment = json.loads((run_dir / "experiment.json").read_text())
+        return experiment, train.TrainConfig(**saved)
+    except (KeyError, TypeError, checks.FieldError) as e:
+        raise ValueError(f"{run_dir / runs.CONFIG} is not a config of this experiment "
+                         f"({type(e).__name__}: {cli.one_line(e)})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluator(model, task, batch_size: int, batches: int):
+    # Cached: scoring the runs of a table, or a run after its training, compiles once.
+    return train.make_evaluate(model, task, batch_size, batches)
 
 
 def score_run(run_dir: Path, split: str = "test", batches: int = 20,
@@ -108,10 +135,14 @@ def score_run(run_dir: Path, split: str = "test", batches: int = 20,
     sequences of ``split``, drawn with a fixed key."""
     experiment, config = read_run(run_dir)
     model, task = build(experiment)
+    checkpoint = run_dir / runs.CHECKPOINT
+    if not checkpoint.exists():
+        raise ValueError(f"--run-dir {run_dir} holds no {runs.CHECKPOINT}: the run stopped "
+                         f"before its first checkpoint; train it further first")
     optimizer = train.make_optimizer(config.learning_rate, config.clip_norm)
     template = train.init_state(jax.random.key(0), model, task.seq_len, optimizer)
-    state, _ = runs.load_checkpoint(run_dir / runs.CHECKPOINT, template)
-    evaluate = train.make_evaluate(model, task, batch_size, batches)
+    state, _ = runs.load_checkpoint(checkpoint, template)
+    evaluate = _evaluator(model, task, batch_size, batches)
     scores = {k: float(v) for k, v in evaluate(state.params, jax.random.key(2016), split).items()}
     scores["bits_per_char"] = float(tasks.bits_per_char(scores["loss"]))
     scores["error_pct"] = 100.0 * (1.0 - scores["accuracy"])
@@ -126,40 +157,113 @@ def _train_config(args) -> train.TrainConfig:
                              checkpoint_every=args.log_every * 10)
 
 
-def cmd_train(args):
-    hyper = {"form": args.form} if args.model.lower() == "rnn-ln-fw" else {}
+def _mode(args) -> str:
+    """What to do with a run directory that holds a run (`runs.claim`)."""
+    return "overwrite" if args.overwrite else "auto"
+
+
+def output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` as a directory to write into, created if missing: checked before any
+    training, so that hours of runs never end on a directory that cannot take their table.
+
+    Raises ValueError naming ``flag`` if it is a file, cannot be created or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the directory is not writable")
+    return path
+
+
+def results_dir(args) -> Path:
+    """Where table1 and charlm write their tables: --results, else ``<--runs>/results``."""
+    return output_dir(args.results or Path(args.runs) / "results",
+                      "--results" if args.results else "--runs")
+
+
+def text_task_config(corpus: str) -> dict:
+    """The text task's config on ``corpus`` (its absolute path, so that a run's config
+    names the file however the flag spelled it); ValueError naming --corpus if missing."""
+    if not os.path.isfile(corpus):
+        raise ValueError(f"--corpus {corpus}: " + (
+            "is a directory, not a text file" if os.path.isdir(corpus) else "no such file")
+            + "; give the path of a UTF-8 text file (tiny shakespeare's input.txt)")
+    return {**TASK_CONFIGS["text"], "path": os.path.abspath(corpus)}
+
+
+def cmd_train(args, given):
+    if args.model != FAST_WEIGHTS:
+        cli.refuse(given, ["form"], f"to --model {args.model} (only to {FAST_WEIGHTS})")
+    if args.task != "text":
+        cli.refuse(given, ["corpus"], f"to --task {args.task} (only to text)")
+    if args.run_dir is not None:
+        cli.refuse(given, ["runs"], "with --run-dir")
+    hyper = {"form": args.form} if args.model == FAST_WEIGHTS else {}
+    task = text_task_config(args.corpus) if args.task == "text" else TASK_CONFIGS[args.task]
     experiment = {"model": args.model, "hidden": args.hidden, "model_hyper": hyper,
-                  "task": TASK_CONFIGS[args.task]}
+                  "task": task}
     name = f"{args.task}-{args.model}-R{args.hidden}-s{args.seed}"
-    run_dir = args.run_dir or Path(args.runs) / name
-    train_run(Path(run_dir), experiment, _train_config(args))
-    print(json.dumps(score_run(Path(run_dir), "valid")))
+    run_dir = args.run_dir or output_dir(args.runs, "--runs") / name
+    config = _train_config(args)
+    train_run(run_dir, experiment, config, _mode(args),
+              "--run-dir" if args.run_dir else "--runs")
+    print(json.dumps(score_run(run_dir, "valid")))
 
 
-def cmd_test(args):
+def cmd_test(args, given):
     print(json.dumps(score_run(Path(args.run_dir), args.split, args.batches), indent=1))
 
 
-def cmd_plot(args):
+def _check_plot_out(out: Path, formats: dict) -> None:
+    """Refuse an --out that cannot take the figure, before anything is drawn."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'x.png'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the directory {out.parent} does not exist")
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    if fmt not in formats:
+        raise ValueError(f"--out {out}: unknown image format {fmt!r}; use one of "
+                         f"{', '.join(sorted(formats))}")
+
+
+def _plotted_records(run_dir: Path) -> list[dict]:
+    """The metrics of a run to plot; ValueError naming the directory if it has none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} " + (
+            "is a file" if run_dir.exists() else "does not exist"))
+    records = runs.MetricsLog(run_dir / runs.METRICS).read()
+    if not records:
+        raise ValueError(f"run directory {run_dir} holds no metrics ({runs.METRICS} is "
+                         f"missing or empty): nothing to plot")
+    return records
+
+
+def cmd_plot(args, given):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_dir in args.run_dirs:
-        records = runs.MetricsLog(Path(run_dir) / runs.METRICS).read()
+    _check_plot_out(args.out, fig.canvas.get_supported_filetypes())
+    for run_dir, records in [(d, _plotted_records(d)) for d in args.run_dirs]:
         for split, style in (("train", "-"), ("valid", "o--")):
             rows = [r for r in records if r["split"] == split]
             steps = [r["step"] for r in rows]
-            label = f"{Path(run_dir).name} {split}"
+            label = f"{run_dir.name} {split}"
             ax_loss.plot(steps, [r["loss"] for r in rows], style, label=label)
             ax_acc.plot(steps, [r["accuracy"] for r in rows], style, label=label)
     ax_loss.set(xlabel="update", ylabel="loss (nats per scored token)", yscale="log")
     ax_acc.set(xlabel="update", ylabel="accuracy")
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    runs.save_figure(fig, args.out, dpi=120)
+    plt.close(fig)
     print(f"wrote {args.out}")
 
 
@@ -205,18 +309,32 @@ def _kept_results(stem: Path, rerun: set[str]) -> list[dict]:
     path = stem.with_suffix(".json")
     if not path.exists():
         return []
-    previous = json.loads(path.read_text())
-    kept = [r for r in previous["runs"] if r["model"] not in rerun]
-    for r in kept:  # each record carries the settings it was trained with
-        r.setdefault("config", previous["config"])
+    try:
+        previous = json.loads(path.read_text())
+        kept = [r for r in previous["runs"] if r["model"] not in rerun]
+        for r in kept:  # each record carries the settings it was trained with
+            r.setdefault("config", previous["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a table1 result ({type(e).__name__}: "
+                         f"{cli.one_line(e)}); without --models the whole table is rerun"
+                         ) from None
     return kept
 
 
-def cmd_table1(args):
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    """``seeds``, refused if one is given twice (its run would count twice in the mean)."""
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise checks.FieldError("--seeds", f"gives {', '.join(map(str, twice))} more than "
+                                           f"once; give each seed once")
+    return seeds
+
+
+def cmd_table1(args, given):
     config = _train_config(args)
-    seeds = args.seeds
-    runs_root = Path(args.runs) / "table1" / args.task
-    stem = RESULTS / f"table1_{args.task}"
+    seeds = _distinct_seeds(args.seeds)
+    runs_root = output_dir(args.runs, "--runs") / "table1" / args.task
+    stem = results_dir(args) / f"table1_{args.task}"
     rows = args.models or list(TABLE1_MODELS)
     start, results = time.perf_counter(), []
     for label, (model_name, hyper) in TABLE1_MODELS.items():
@@ -228,7 +346,8 @@ def cmd_table1(args):
                               "task": TASK_CONFIGS[args.task]}
                 run_dir = runs_root / f"{model_name}-R{hidden}-s{seed}"
                 run_start = time.perf_counter()
-                train_run(run_dir, experiment, dataclasses.replace(config, seed=seed))
+                train_run(run_dir, experiment, dataclasses.replace(config, seed=seed),
+                          _mode(args), "--runs")
                 scores = score_run(run_dir, "test")
                 results.append({"model": label, "hidden": hidden, "seed": seed,
                                 "minutes": (time.perf_counter() - run_start) / 60, **scores,
@@ -239,103 +358,138 @@ def cmd_table1(args):
     kept = _kept_results(stem, set(rows)) if args.models else []
     results = kept + results
     minutes += sum(r["minutes"] for r in kept)
-    RESULTS.mkdir(exist_ok=True)
     markdown = table1_markdown(args.task, results, minutes)
     if kept:
         markdown += ("\nRows kept from the previous table (not rerun): "
                      + ", ".join(sorted({r["model"] for r in kept})) + "; each run's settings "
                      "are in the JSON.\n")
-    stem.with_suffix(".md").write_text(markdown)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"task": TASK_CONFIGS[args.task], "config": dataclasses.asdict(config), "runs": results,
-         "paper": PAPER_TABLE1 if args.task == "assoc_retrieval" else None}, indent=1))
-    print(stem.with_suffix(".md").read_text())
+    runs.write_text(stem.with_suffix(".md"), markdown)
+    runs.write_json(stem.with_suffix(".json"), {
+        "task": TASK_CONFIGS[args.task], "config": dataclasses.asdict(config), "runs": results,
+        "paper": PAPER_TABLE1 if args.task == "assoc_retrieval" else None})
+    print(markdown)
+    print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
 
 
-def cmd_charlm(args):
+def cmd_charlm(args, given):
     config = _train_config(args)
+    task = text_task_config(args.corpus)
+    runs_root = output_dir(args.runs, "--runs") / "charlm"
+    results = results_dir(args)
     start, rows = time.perf_counter(), []
-    for model_name, hyper in (("lstm", {}), ("rnn-ln-fw", {"form": args.form})):
+    for model_name, hyper in (("lstm", {}), (FAST_WEIGHTS, {"form": args.form})):
         experiment = {"model": model_name, "hidden": args.hidden, "model_hyper": hyper,
-                      "task": TASK_CONFIGS["text"]}
-        run_dir = Path(args.runs) / "charlm" / f"{model_name}-R{args.hidden}-s{args.seed}"
+                      "task": task}
+        run_dir = runs_root / f"{model_name}-R{args.hidden}-s{args.seed}"
         run_start = time.perf_counter()
-        train_run(run_dir, experiment, config)
+        train_run(run_dir, experiment, config, _mode(args), "--runs")
         scores = score_run(run_dir, "valid", batches=args.eval_batches, batch_size=100)
         rows.append({"model": model_name, "hidden": args.hidden,
                      "minutes": (time.perf_counter() - run_start) / 60, **scores})
         print(json.dumps(rows[-1]), flush=True)
     minutes = (time.perf_counter() - start) / 60
     lines = [f"Tiny shakespeare, validation bits per character ({args.eval_batches} x 100 "
-             f"windows of {TASK_CONFIGS['text']['seq_len']} chars); {config.steps} Adam updates "
+             f"windows of {task['seq_len']} chars); {config.steps} Adam updates "
              f"of batch {config.batch_size}, lr {config.learning_rate}, hidden {args.hidden}, "
              f"seed {args.seed}; {minutes:.1f} min wall-clock on a shared 2-core CPU.", "",
              "| Model | valid bits/char | valid accuracy |", "|---|---|---|"]
     lines += [f"| {r['model']} | {r['bits_per_char']:.3f} | {r['accuracy']:.3f} |" for r in rows]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "charlm_tinyshakespeare.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "charlm_tinyshakespeare.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(config), "runs": rows}, indent=1))
+    runs.write_text(results / "charlm_tinyshakespeare.md", "\n".join(lines) + "\n")
+    runs.write_json(results / "charlm_tinyshakespeare.json",
+                    {"config": dataclasses.asdict(config), "runs": rows})
     print("\n".join(lines))
+    print(f"wrote {results / 'charlm_tinyshakespeare.md'} and .json")
+
+
+def path_flag(text: str) -> Path:
+    """A command-line path; an empty one would silently mean the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a path, got ''")
+    return Path(text)
 
 
 def _add_training_flags(p, steps, batch_size, lr):
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
-    p.add_argument("--log-every", type=int, default=100,
+    p.add_argument("--steps", type=checks.SIZE, default=steps,
+                   help="Adam updates (a finished run given more is extended)")
+    p.add_argument("--batch-size", type=checks.SIZE, default=batch_size)
+    p.add_argument("--lr", type=checks.RATE, default=lr, help="Adam's learning rate")
+    p.add_argument("--clip", type=checks.RATE, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--log-every", type=checks.SIZE, default=100,
                    help="log every N steps; evaluate and checkpoint every 10 N")
-    p.add_argument("--runs", default="runs/fast_weights", help="root of the run directories")
+    p.add_argument("--runs", type=path_flag, default=Path("runs/fast_weights"),
+                   help="root of the run directories")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train the runs afresh, replacing what their directories hold "
+                        "(without it a run is resumed, or skipped if finished)")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _add_results_flag(p):
+    p.add_argument("--results", type=path_flag, default=None,
+                   help=f"directory of the tables (default <--runs>/results; the published "
+                        f"ones are in {PUBLISHED_RESULTS})")
+
+
+def _add_corpus_flag(p):
+    p.add_argument("--corpus", default=DEFAULT_CORPUS,
+                   help="tiny shakespeare's input.txt (any UTF-8 text file)")
+
+
+def parser() -> cli.Parser:
+    """The command line: one subparser per subcommand, every number checked as it is read."""
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model")
-    p.add_argument("--model", default="rnn-ln-fw", choices=sorted(models.CELLS))
+    p.add_argument("--model", default=FAST_WEIGHTS, choices=sorted(models.CELLS))
     p.add_argument("--task", default="assoc_retrieval", choices=sorted(TASK_CONFIGS))
-    p.add_argument("--hidden", type=int, default=50)
-    p.add_argument("--form", default="attention", choices=("explicit", "attention"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--hidden", type=checks.SIZE, default=50)
+    p.add_argument("--form", default="attention", choices=("explicit", "attention"),
+                   help=f"form of the {FAST_WEIGHTS} cell")
+    p.add_argument("--seed", type=checks.SEED, default=0)
+    p.add_argument("--run-dir", type=path_flag,
+                   help="the run directory (default <--runs>/<task>-<model>-R<hidden>-s<seed>)")
+    _add_corpus_flag(p)
     _add_training_flags(p, steps=10_000, batch_size=128, lr=1e-3)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a trained run")
-    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--run-dir", type=path_flag, required=True)
     p.add_argument("--split", default="test", choices=tasks.SPLITS)
-    p.add_argument("--batches", type=int, default=20, help="batches of 1000 sequences")
+    p.add_argument("--batches", type=checks.SIZE, default=20, help="batches of 1000 sequences")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("plot", help="plot training curves")
-    p.add_argument("run_dirs", nargs="+", type=Path)
-    p.add_argument("--out", default="fast_weights.png")
+    p.add_argument("run_dirs", nargs="+", type=path_flag)
+    p.add_argument("--out", type=path_flag, default=Path("fast_weights.png"))
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("table1", help="reproduce Table 1 of Ba et al. 2016")
     p.add_argument("--task", default="assoc_retrieval", choices=("assoc_retrieval", "mqar"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0])
     p.add_argument("--models", nargs="+", choices=list(TABLE1_MODELS),
-                   help="rerun only these rows; the others are kept from the previous JSON")
+                   help="rerun only these rows; the others are kept from the previous JSON "
+                        "in --results")
     _add_training_flags(p, steps=3_000, batch_size=128, lr=1e-3)
+    _add_results_flag(p)
     p.set_defaults(func=cmd_table1, seed=0)
 
     p = sub.add_parser("charlm", help="char-level LM on tiny shakespeare")
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--hidden", type=checks.SIZE, default=128)
     p.add_argument("--form", default="attention", choices=("explicit", "attention"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-batches", type=int, default=20)
+    p.add_argument("--seed", type=checks.SEED, default=0)
+    p.add_argument("--eval-batches", type=checks.SIZE, default=20,
+                   help="validation batches of 100 windows")
+    _add_corpus_flag(p)
     _add_training_flags(p, steps=1_500, batch_size=32, lr=3e-3)
+    _add_results_flag(p)
     p.set_defaults(func=cmd_charlm)
+    return parser
 
-    args = parser.parse_args(argv)
-    args.func(args)
+
+def main(argv=None):
+    args, given = cli.parse(parser(), argv)
+    args.func(args, given)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

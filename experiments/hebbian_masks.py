@@ -63,10 +63,11 @@ import time
 import jax
 import numpy as np
 
-from plastix import masks, models, runs, tasks, train
+from plastix import checks, cli, masks, models, runs, tasks, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
+                                              "input.txt"))
 EMBEDDED = "embedded"  # --corpus value: the short text below, for tests and smoke runs
 VALID_SEED, TEST_SEED, MASK_SEED = 778, 777, 1000
 PARTS = ("mlp", "cnn", "lm")
@@ -102,6 +103,7 @@ PART_SETTINGS = {"mlp": DIGITS_SETTINGS, "cnn": DIGITS_SETTINGS,
                  "lm": ("sign", "centred_m0.35", "covariance_m0.5", "covariance_m1",
                         "covariance_m1.5", "covariance_m2")}
 AIM_SPARSITY = 0.9  # the aim: at least this fraction of the readout pruned
+REPORT_FILES = ("report.md", "report.json", "sparsity_vs_error.png", "sparsity_over_time.png")
 
 EMBEDDED_TEXT = """\
 Shall I compare thee to a summer's day?
@@ -159,38 +161,37 @@ PART_INFO = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/hebbian_masks", help="where runs and report go")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0, 1, 2])
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help=f"UTF-8 text for the lm part, or '{EMBEDDED}' for a short built-in one")
-    p.add_argument("--digits-steps", type=int, default=2000)
-    p.add_argument("--digits-batch", type=int, default=64)
-    p.add_argument("--digits-lr", type=float, default=1e-3)
-    p.add_argument("--digits-hidden", type=int, default=128)
+    p.add_argument("--digits-steps", type=checks.SIZE, default=2000)
+    p.add_argument("--digits-batch", type=checks.SIZE, default=64)
+    p.add_argument("--digits-lr", type=checks.RATE, default=1e-3)
+    p.add_argument("--digits-hidden", type=checks.SIZE, default=128)
     p.add_argument("--image-source", default="sklearn_digits",
                    help="images of the mlp and cnn parts: 'sklearn_digits' (offline) or a "
                         "TFDS image set such as 'mnist' (downloaded or in --data-dir)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory (--image-source)")
-    p.add_argument("--folds", type=int, default=5,
+    p.add_argument("--folds", type=checks.integer(at_least=2), default=5,
                    help="cross-validation folds of the digits parts' train + valid images")
-    p.add_argument("--cnn-channels", type=int, nargs=2, default=[8, 16])
-    p.add_argument("--lm-steps", type=int, default=2000)
-    p.add_argument("--lm-batch", type=int, default=32)
-    p.add_argument("--lm-lr", type=float, default=3e-3)
-    p.add_argument("--lm-hidden", type=int, default=256)
-    p.add_argument("--lm-embed", type=int, default=32)
-    p.add_argument("--lm-seq-len", type=int, default=64)
-    p.add_argument("--lm-eval-batches", type=int, default=16,
+    p.add_argument("--cnn-channels", type=checks.SIZE, nargs=2, default=[8, 16])
+    p.add_argument("--lm-steps", type=checks.SIZE, default=2000)
+    p.add_argument("--lm-batch", type=checks.SIZE, default=32)
+    p.add_argument("--lm-lr", type=checks.RATE, default=3e-3)
+    p.add_argument("--lm-hidden", type=checks.SIZE, default=256)
+    p.add_argument("--lm-embed", type=checks.SIZE, default=32)
+    p.add_argument("--lm-seq-len", type=checks.SIZE, default=64)
+    p.add_argument("--lm-eval-batches", type=checks.SIZE, default=16,
                    help="batches of 64 windows scored for the lm's valid and test bits/char")
-    p.add_argument("--log-every", type=int, default=40,
+    p.add_argument("--log-every", type=checks.SIZE, default=40,
                    help="steps per logged record; must divide half of every part's steps")
     p.add_argument("--curve-parts", nargs="*", default=list(PARTS), choices=PARTS,
                    help="parts that get the sparsity-versus-error curve")
-    p.add_argument("--curve-sparsities", type=float, nargs="*",
+    p.add_argument("--curve-sparsities", type=checks.number(above=0, below=1), nargs="*",
                    default=[0.5, 0.8, 0.9, 0.95, 0.98])
     p.add_argument("--settings", nargs="+", default=None, choices=sorted(SETTINGS),
                    help="Hebbian settings to tune over (default: each part's own list)")
@@ -199,40 +200,71 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the mean validation score (default the digits parts, whose "
                         "179-image validation split resolves 0.56 points per seed); the "
                         "others are tuned on the first seed")
-    p.add_argument("--rate", type=float, default=0.01,
+    p.add_argument("--rate", type=checks.RATE, default=0.01,
                    help="the Hebbian rule's step per batch (every setting)")
     p.add_argument("--quick", action="store_true",
                    help="tiny runs (a smoke test): few steps, one seed, small models")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: report the runs already finished under --out")
-    if "--quick" in (sys.argv[1:] if argv is None else argv):
+    return p
+
+
+IMAGE_PARTS = ("mlp", "cnn")
+# The dests of the flags only some parts read, and those parts.
+PART_FLAGS = {
+    **{dest: IMAGE_PARTS for dest in ("digits_steps", "digits_batch", "digits_lr",
+                                      "digits_hidden", "image_source", "data_dir", "folds")},
+    "cnn_channels": ("cnn",),
+    **{dest: ("lm",) for dest in ("corpus", "lm_steps", "lm_batch", "lm_lr", "lm_hidden",
+                                  "lm_embed", "lm_seq_len", "lm_eval_batches")},
+}
+
+
+def refuse_inapplicable(args, given: dict[str, str]) -> None:
+    """Refuse a flag that no chosen part reads, a part list naming a part not chosen,
+    and settings of parts or sources that are not run."""
+    cli.refuse(given, [dest for dest, parts in PART_FLAGS.items()
+                       if not set(parts) & set(args.parts)], f"to --parts {' '.join(args.parts)}")
+    for dest in ("curve_parts", "tune_every_seed"):
+        others = [part for part in getattr(args, dest) if part not in args.parts]
+        if dest in given and others:
+            raise checks.FieldError(given[dest], f"names {' '.join(others)}, not in --parts "
+                                                 f"{' '.join(args.parts)}")
+    if not set(args.curve_parts) & set(args.parts):
+        cli.refuse(given, ["curve_sparsities"], "without a curve (--curve-parts is empty)")
+    if args.image_source == "sklearn_digits":
+        cli.refuse(given, ["data_dir"], "to --image-source sklearn_digits (only to TFDS sets)")
+
+
+def check_budgets(args) -> None:
+    """Each chosen part's steps fall on a logged record at their half, where the dense
+    run's state is kept for magnitude pruning."""
+    for part, flag in (("mlp", "digits_steps"), ("cnn", "digits_steps"), ("lm", "lm_steps")):
+        steps = getattr(args, flag)
+        if part in args.parts and steps % (2 * args.log_every):
+            raise checks.FieldError(f"--{flag.replace('_', '-')}", (
+                f"must be a multiple of 2 x --log-every ({2 * args.log_every}), so that the "
+                f"dense run is logged at its half, got {steps}"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The checked command line; ValueError naming the flag for a mistake."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    if "--quick" in argv:
         p.set_defaults(**QUICK)  # flags given explicitly still win
-    args = p.parse_args(argv)
-    for name in ("digits_steps", "digits_batch", "digits_hidden", "lm_steps", "lm_batch",
-                 "lm_hidden", "lm_embed", "lm_seq_len", "lm_eval_batches", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.folds < 2:
-        p.error(f"--folds must be >= 2, got {args.folds}")
-    if min(args.cnn_channels) < 1:
-        p.error(f"--cnn-channels must be >= 1, got {args.cnn_channels}")
-    for name in ("digits_steps", "lm_steps"):
-        if getattr(args, name) % (2 * args.log_every):
-            p.error(f"--{name.replace('_', '-')} must be a multiple of 2 x --log-every "
-                    f"({2 * args.log_every}), so that the dense run is logged at its half, "
-                    f"got {getattr(args, name)}")
-    for name in ("digits_lr", "lm_lr", "rate"):
-        if not 0 < getattr(args, name) < math.inf:
-            p.error(f"--{name.replace('_', '-')} must be finite and > 0, got "
-                    f"{getattr(args, name)}")
-    if any(not 0 < s < 1 for s in args.curve_sparsities):
-        p.error(f"--curve-sparsities must lie strictly between 0 and 1, got "
-                f"{args.curve_sparsities}")
+    args, given = cli.parse(p, argv)
+    refuse_inapplicable(args, given)
+    check_budgets(args)
     if len(set(args.seeds)) != len(args.seeds):
-        p.error(f"--seeds must be distinct, got {args.seeds}")
+        raise checks.FieldError("--seeds", f"must be distinct, got {args.seeds}")
     if "lm" in args.parts and args.corpus != EMBEDDED and not os.path.isfile(args.corpus):
-        p.error(f"--corpus {args.corpus} is not a file")
+        raise checks.FieldError("--corpus", f"{args.corpus}: no such file; give a UTF-8 text "
+                                            f"file or '{EMBEDDED}'")
+    if args.report_only and not os.path.isdir(args.out):
+        raise checks.FieldError("--out", f"{args.out}: no such directory, so --report-only "
+                                         f"has no finished runs to report")
     return args
 
 
@@ -245,7 +277,7 @@ def corpus_path(args) -> str:
     path = os.path.join(args.out, "embedded_corpus.txt")
     if not os.path.exists(path):
         os.makedirs(args.out, exist_ok=True)
-        runs.atomic_write(path, EMBEDDED_TEXT.encode())
+        runs.write_text(path, EMBEDDED_TEXT)
     return path
 
 
@@ -347,7 +379,7 @@ def read_result(run_dir: str) -> dict | None:
 
 
 def write_result(run_dir: str, result: dict) -> dict:
-    runs.atomic_write(os.path.join(run_dir, "result.json"), json.dumps(result, indent=1).encode())
+    runs.write_json(os.path.join(run_dir, "result.json"), result)
     return result
 
 
@@ -377,11 +409,14 @@ def fit_and_score(args, part: str, name: str, method: dict, seed: int, fold: int
                   masking: masks.HebbianMasking | None = None, start=None) -> dict:
     """One `plastix.train.fit` run (read back if finished, resumed if killed), scored."""
     run_dir = run_dir_of(args, part, name, seed, fold)
-    if (done := read_result(run_dir)) is not None:
-        return done
     model, task, description = part_setup(args, part, fold)
-    tag = f"{part}/{os.path.basename(run_dir)}"
     config = train_config(args, part, seed)
+    if (done := read_result(run_dir)) is not None:
+        # A run finished under other settings is refused, never reported as this one.
+        runs.check_config(run_dir, train.run_config(model, task, config, {
+            **description, "method": method}, masking), resume=True)
+        return done
+    tag = f"{part}/{os.path.basename(run_dir)}"
     state = train.fit(model, task, config, run_dir, experiment={**description, "method": method},
                       masking=masking, start=start,
                       print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
@@ -790,7 +825,7 @@ def save_plots(args, parts: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "sparsity_vs_error.png"), dpi=110)
+    runs.save_figure(fig, os.path.join(args.out, "sparsity_vs_error.png"), dpi=110)
     plt.close(fig)
 
     fig, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 7), squeeze=False,
@@ -820,22 +855,22 @@ def save_plots(args, parts: dict) -> None:
         for ax in axes[:, column]:
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "sparsity_over_time.png"), dpi=110)
+    runs.save_figure(fig, os.path.join(args.out, "sparsity_over_time.png"), dpi=110)
     plt.close(fig)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
     began = time.perf_counter()
     parts = {part: run_part(args, part) for part in args.parts}
     parts = {name: part for name, part in parts.items() if part}
     report = format_report(args, parts)
     print("\n" + report)
-    runs.atomic_write(os.path.join(args.out, "report.md"), (report + "\n").encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"), json.dumps(
-        {"args": vars(args), "seconds": time.perf_counter() - began, "thresholds": THRESHOLDS,
-         "settings": SETTINGS, "parts": parts}, indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report + "\n")
+    runs.write_json(os.path.join(args.out, "report.json"), {
+        "args": vars(args), "seconds": time.perf_counter() - began, "thresholds": THRESHOLDS,
+        "settings": SETTINGS, "parts": parts})
     if not args.no_plots:
         save_plots(args, parts)
     print(f"wrote {args.out}/report.md, report.json"
@@ -844,7 +879,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -14,20 +14,18 @@ and ``curves.png`` (errors or accuracy per epoch, mean over seeds).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import runs, settling, tasks
+from plastix import checks, cli, runs, settling, tasks
 
 TUNE_SEED_OFFSET = 1000  # tuning seeds never overlap the reported ones
+REPORT_FILES = ("report.md", "report.json", "curves.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,30 +135,47 @@ def plot(task: str, curves: dict, path: str) -> None:
     ax.set_ylabel("patterns wrong (mean over seeds)" if task == "ra25" else "test accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("ra25", "digits"), default="ra25")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--hidden", type=checks.SIZE, nargs="+", default=None,
                    help="hidden layer sizes (default: 49 49 for ra25, 128 for digits)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--tune-seeds", type=int, default=2)
-    p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1, 0.3])
+    p.add_argument("--epochs", type=checks.SIZE, default=100)
+    p.add_argument("--seeds", type=checks.SIZE, default=5, help="seeds reported")
+    p.add_argument("--tune-seeds", type=checks.SIZE, default=2,
+                   help="seeds the learning rate is picked on (never reported)")
+    p.add_argument("--lrs", type=checks.RATE, nargs="+", default=[0.003, 0.01, 0.03, 0.1, 0.3])
     p.add_argument("--variants", nargs="+", default=None,
                    help="labels (or methods) to run; default: all")
-    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--data-seed", type=checks.SEED, default=0,
+                   help="draws ra25's random patterns")
     p.add_argument("--out", default="runs/local_learning")
-    args = p.parse_args(argv)
-    if min(args.epochs, args.seeds, args.tune_seeds) < 1:
-        p.error("--epochs, --seeds and --tune-seeds must be >= 1")
-    if args.hidden is not None and min(args.hidden) < 1:
-        p.error(f"--hidden sizes must be >= 1, got {args.hidden}")
-    if any(lr <= 0 or not np.isfinite(lr) for lr in args.lrs):
-        p.error("--lrs must be positive and finite")
+    return p
+
+
+def chosen_variants(names: list[str] | None) -> list[Variant]:
+    """The variants named by label or method (all for None); an unknown name is refused."""
+    if names is None:
+        return list(VARIANTS)
+    known = {v.label for v in VARIANTS} | {v.method for v in VARIANTS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise checks.FieldError("--variants", f"has unknown names {unknown}; choose labels "
+                                              f"from {[v.label for v in VARIANTS]} or methods "
+                                              f"{sorted({v.method for v in VARIANTS})}")
+    return [v for v in VARIANTS if v.label in names or v.method in names]
+
+
+def parse_args(argv=None):
+    """The checked command line; ValueError naming the flag for a mistake."""
+    args, given = cli.parse(parser(), argv)
+    if args.task != "ra25":
+        cli.refuse(given, ["data_seed"], f"to --task {args.task} (its images are fixed)")
+    chosen_variants(args.variants)
     if args.hidden is None:
         args.hidden = [49, 49] if args.task == "ra25" else [128]
     return args
@@ -168,13 +183,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    chosen = chosen_variants(args.variants)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)
     sizes, train, tune, test = load_task(args.task, args.data_seed, tuple(args.hidden))
-    chosen = [v for v in VARIANTS if args.variants is None
-              or v.label in args.variants or v.method in args.variants]
-    if not chosen:
-        sys.exit(f"error: no variant matches {args.variants}; choose from "
-                 f"{[v.label for v in VARIANTS]}")
-    os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
     tune_seeds = [TUNE_SEED_OFFSET + s for s in range(args.tune_seeds)]
     for variant in chosen:
@@ -197,9 +208,9 @@ def main(argv=None) -> list[dict]:
             f"test accuracy {np.mean(row['final_accuracy']):.4f}") +
               f" ({row['seconds']} s)", flush=True)
     report = markdown(args.task, rows, args)
-    runs.atomic_write(os.path.join(args.out, "report.md"), report.encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"),
-                      json.dumps({"args": vars(args), "sizes": sizes, "rows": rows}, indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report)
+    runs.write_json(os.path.join(args.out, "report.json"),
+                    {"args": vars(args), "sizes": sizes, "rows": rows})
     plot(args.task, curves, os.path.join(args.out, "curves.png"))
     print("\n" + report)
     print(f"wrote {args.out}/: report.md report.json curves.png")
@@ -207,4 +218,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -31,9 +31,7 @@ networks with backpropagation", ICML 2018 (arXiv:1804.02464).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -44,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from plastix import rules, runs, train
+from plastix import checks, cli, rules, runs, train
 
 # Inputs are scaled as in the reference code: a saturating drive clamps a unit to its
 # input bit while a pattern is shown, so the trace records the pattern itself.
@@ -53,6 +51,7 @@ INPUT_GAIN = 20.0
 HELD_OUT_KEY = 2**31 - 1
 NON_PLASTIC = "non-plastic"
 ARMS = ("diff_hebb", "diff_oja", NON_PLASTIC)
+REPORT_FILES = ("report.md", "report.json", "curves.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +188,9 @@ def train_updates(net: Net, task: Task, opt, batch: int, params, opt_state, seed
 
 
 def held_out(task: Task, episodes: int):
-    return sample_batch(task, jax.random.key(HELD_OUT_KEY), episodes)
+    # Jitted: run op by op, the sampling compiles dozens of small programs.
+    sample = jax.jit(sample_batch, static_argnums=(0, 2))
+    return sample(task, jax.random.key(HELD_OUT_KEY), episodes)
 
 
 def train_arm(net: Net, task: Task, args, test_curve, test_final) -> dict:
@@ -301,37 +302,40 @@ def plot(rows: list[dict], path: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Pattern completion: median over seeds (thin: each seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--bits", type=int, default=50, help="pattern size N")
-    p.add_argument("--patterns", type=int, default=2, help="patterns per episode")
-    p.add_argument("--cycles", type=int, default=2, help="times each pattern is shown")
-    p.add_argument("--present", type=int, default=3, help="steps per presentation")
-    p.add_argument("--gap", type=int, default=2, help="zero-input steps after each")
-    p.add_argument("--updates", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=16, help="episodes per update")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--held-out", type=int, default=2000, help="held-out episodes")
+# Seeds are vmapped as one int32 array (`train_arm`).
+SEED = checks.integer(at_least=-2**31, at_most=2**31 - 1)
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2])
+    p.add_argument("--bits", type=checks.integer(at_least=2), default=50,
+                   help="pattern size N (half of it is erased)")
+    p.add_argument("--patterns", type=checks.SIZE, default=2, help="patterns per episode")
+    p.add_argument("--cycles", type=checks.SIZE, default=2, help="times each pattern is shown")
+    p.add_argument("--present", type=checks.SIZE, default=3, help="steps per presentation")
+    p.add_argument("--gap", type=checks.COUNT, default=2, help="zero-input steps after each")
+    p.add_argument("--updates", type=checks.SIZE, default=2000)
+    p.add_argument("--batch", type=checks.SIZE, default=16, help="episodes per update")
+    p.add_argument("--lr", type=checks.RATE, default=3e-3)
+    p.add_argument("--clip", type=checks.RATE, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--eval-every", type=checks.SIZE, default=100)
+    p.add_argument("--held-out", type=checks.SIZE, default=2000, help="held-out episodes")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--out", default="runs/pattern_completion")
-    args = p.parse_args(argv)
-    if min(args.patterns, args.cycles, args.present, args.updates, args.batch,
-           args.eval_every, args.held_out) < 1 or args.gap < 0:
-        p.error("--patterns, --cycles, --present, --updates, --batch, --eval-every and "
-                "--held-out must be >= 1, --gap >= 0")
-    if args.bits < 2:
-        p.error(f"--bits must be >= 2, got {args.bits}")
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        p.error(f"--seeds must be distinct and >= 0, got {args.seeds}")
-    if not (0 < args.lr < float("inf") and 0 < args.clip < float("inf")):
-        p.error("--lr and --clip must be positive and finite")
+    return p
+
+
+def parse_args(argv=None):
+    """The checked command line; ValueError naming the flag for a mistake."""
+    args = parser().parse_args(argv)
+    for flag, values in (("--seeds", args.seeds), ("--arms", args.arms)):
+        if len(set(values)) != len(values):
+            raise checks.FieldError(flag, f"must not repeat a value, got {values}")
     return args
 
 
@@ -340,7 +344,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     command = " ".join(["python experiments/pattern_completion.py", *argv])
     task = Task(args.bits, args.patterns, args.cycles, args.present, args.gap)
-    os.makedirs(args.out, exist_ok=True)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)
     test_final = held_out(task, args.held_out)
     test_curve = jax.tree.map(lambda x: x[:min(512, args.held_out)], test_final)
     start, rows = time.perf_counter(), []
@@ -354,11 +358,10 @@ def main(argv=None) -> list[dict]:
               flush=True)
     seconds = time.perf_counter() - start
     report = markdown(rows, task, args, seconds, command)
-    runs.atomic_write(os.path.join(args.out, "report.md"), report.encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"), json.dumps(
-        {"command": command, "args": vars(args), "task": dataclasses.asdict(task),
-         "steps": task.steps,
-         "seconds": round(seconds, 1), "rows": rows}, indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report)
+    runs.write_json(os.path.join(args.out, "report.json"), {
+        "command": command, "args": vars(args), "task": dataclasses.asdict(task),
+        "steps": task.steps, "seconds": round(seconds, 1), "rows": rows})
     plot(rows, os.path.join(args.out, "curves.png"))
     print("\n" + report)
     print(f"wrote {args.out}/: report.md report.json curves.png")
@@ -366,4 +369,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

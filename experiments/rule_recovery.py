@@ -24,10 +24,8 @@ coefficients themselves.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
 import os
 import time
 
@@ -35,10 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import evolve, recovery, runs
+from plastix import checks, cli, evolve, recovery, runs
 
 FAMILIES = {"oja": "polynomial", "delta": "multilinear_mod"}  # the fitted family per rule
 METHODS = ("gradient", "es")
+REPORT_FILES = ("report.md", "report.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,107 +292,104 @@ def markdown(rows: list[dict], args, zero_r2: dict[str, float], total_seconds: f
     return "\n".join(lines) + "\n"
 
 
-def _positive_int(name):
-    def parse(text):
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-    return parse
+OBSERVED = checks.number(above=0, at_most=1)  # a fraction observed: none observed is no data
+# The dests of the flags only the gradient fits, or only the ES fits, read.
+GRADIENT_FLAGS = ("adam_steps", "lbfgs_steps", "lr", "clip")
+ES_FLAGS = ("strategy", "generations", "population", "sigma", "es_lr")
+# ESConfig's fields by the flags that set them (`es_config`), for its errors.
+ES_FIELD_FLAGS = {"strategy": "--strategy", "population": "--population", "sigma": "--sigma",
+                  "lr": "--es-lr", "lr_min": "--es-lr", "sigma_min": "--sigma"}
 
 
-def _nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {value}")
-    return value
-
-
-def _nonnegative(text):
-    value = float(text)
-    if not (value >= 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {value}")
-    return value
-
-
-def _positive(text):
-    value = float(text)
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {value}")
-    return value
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed", type=int, default=0)
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=checks.SEED, default=0)
     p.add_argument("--rules", nargs="+", choices=sorted(FAMILIES), default=["oja", "delta"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--noises", nargs="+", type=_nonnegative, default=[0.0, 0.05, 0.2],
+    p.add_argument("--noises", nargs="+", type=checks.NONNEGATIVE, default=[0.0, 0.05, 0.2],
                    help="observation noise std, relative to the weights' (and activity's) std")
-    p.add_argument("--activity-noise-scale", type=_nonnegative, default=1.0,
+    p.add_argument("--activity-noise-scale", type=checks.NONNEGATIVE, default=1.0,
                    help="activity noise = this times the weight noise level")
-    p.add_argument("--synapse-fractions", nargs="+", type=_fraction, default=[1.0, 0.5, 0.1])
-    p.add_argument("--time-fractions", nargs="+", type=_fraction, default=[1.0, 0.2])
+    p.add_argument("--synapse-fractions", nargs="+", type=OBSERVED, default=[1.0, 0.5, 0.1])
+    p.add_argument("--time-fractions", nargs="+", type=OBSERVED, default=[1.0, 0.2])
     p.add_argument("--post", choices=recovery.POST_SOURCES, default="recorded",
                    help="the model's post: the recorded y, or y = W x from its own weights")
-    p.add_argument("--steps", type=_positive_int("--steps"), default=300,
-                   help="time steps per recording")
-    p.add_argument("--recordings", type=_positive_int("--recordings"), default=4,
+    p.add_argument("--steps", type=checks.SIZE, default=300, help="time steps per recording")
+    p.add_argument("--recordings", type=checks.SIZE, default=4,
                    help="recordings fitted (and as many held out)")
-    p.add_argument("--more-recordings", type=_positive_int("--more-recordings"), default=16,
+    p.add_argument("--more-recordings", type=checks.SIZE, default=16,
                    help="recordings of the ablation that asks whether more data helps")
-    p.add_argument("--n-pre", type=_positive_int("--n-pre"), default=10)
-    p.add_argument("--n-post", type=_positive_int("--n-post"), default=3)
-    p.add_argument("--model-eta", type=_positive, default=0.01)
-    p.add_argument("--adam-steps", type=_nonnegative_int, default=300)
-    p.add_argument("--lbfgs-steps", type=_nonnegative_int, default=300)
-    p.add_argument("--lr", type=_positive, default=0.05, help="Adam's initial step size")
-    p.add_argument("--clip", type=_positive, default=1.0, help="Adam's gradient-norm clip")
+    p.add_argument("--n-pre", type=checks.SIZE, default=10)
+    p.add_argument("--n-post", type=checks.SIZE, default=3)
+    p.add_argument("--model-eta", type=checks.RATE, default=0.01)
+    p.add_argument("--adam-steps", type=checks.COUNT, default=300)
+    p.add_argument("--lbfgs-steps", type=checks.COUNT, default=300)
+    p.add_argument("--lr", type=checks.RATE, default=0.05, help="Adam's initial step size")
+    p.add_argument("--clip", type=checks.RATE, default=1.0, help="Adam's gradient-norm clip")
     p.add_argument("--strategy", choices=("CMA_ES", "Open_ES"), default="CMA_ES")
-    p.add_argument("--generations", type=_positive_int("--generations"), default=250)
-    p.add_argument("--population", type=_positive_int("--population"), default=32)
-    p.add_argument("--sigma", type=_positive, default=0.5, help="ES initial search std")
-    p.add_argument("--es-lr", type=_positive, default=0.05, help="Open_ES's Adam step size")
-    p.add_argument("--long-budget", type=_positive_int("--long-budget"), default=4,
+    p.add_argument("--generations", type=checks.SIZE, default=250)
+    p.add_argument("--population", type=checks.integer(at_least=2), default=32)
+    p.add_argument("--sigma", type=checks.RATE, default=0.5, help="ES initial search std")
+    p.add_argument("--es-lr", type=checks.RATE, default=0.05, help="Open_ES's Adam step size")
+    p.add_argument("--long-budget", type=checks.SIZE, default=4,
                    help="the 54-term ablation also runs with this many times the L-BFGS "
                         "steps and ES generations")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--out", default="runs/rule_recovery")
-    args = p.parse_args(argv)
+    return p
+
+
+def refuse_inapplicable(args, given: dict[str, str]) -> None:
+    """Refuse the flags of fits that do not run: the ablations fit by gradient (and the
+    54-term delta by every method), the grid by --methods."""
+    ablations = not args.no_ablations
+    if "gradient" not in args.methods and not ablations:
+        cli.refuse(given, GRADIENT_FLAGS, "without gradient fits (--methods es --no-ablations)")
+    if "es" not in args.methods:
+        cli.refuse(given, ES_FLAGS, "without ES fits (--methods gradient)")
+    elif args.strategy != "Open_ES":
+        cli.refuse(given, ["es_lr"], f"to --strategy {args.strategy} (only to Open_ES)")
+    if not ablations:
+        cli.refuse(given, ["more_recordings", "long_budget"], "with --no-ablations")
+    elif "delta" not in args.rules:
+        cli.refuse(given, ["long_budget"], "without the delta rule (its 54-term ablation)")
+
+
+def parse_args(argv=None):
+    """The checked command line; ValueError naming the flag for a mistake."""
+    args, given = cli.parse(parser(), argv)
+    refuse_inapplicable(args, given)
+    for dest in ("rules", "methods", "noises", "synapse_fractions", "time_fractions"):
+        values = getattr(args, dest)
+        if len(set(values)) != len(values):
+            raise checks.FieldError(f"--{dest.replace('_', '-')}",
+                                    f"must not repeat a value, got {values}")
     if args.adam_steps + args.lbfgs_steps == 0:
-        p.error("--adam-steps and --lbfgs-steps cannot both be 0")
+        raise checks.FieldError("--adam-steps and --lbfgs-steps", "cannot both be 0")
     try:
         es_config(args)
-    except ValueError as error:
-        p.error(str(error))
+    except checks.FieldError as error:
+        raise error.renamed(lambda field: ES_FIELD_FLAGS.get(field, field)) from None
     return args
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)
     cells = grid_cells(args) + ([] if args.no_ablations else ablation_cells(args))
     start = time.perf_counter()
     rows = run_cells(cells, args)
     total = time.perf_counter() - start
     zero_r2 = zero_rule_r2(args)
     report = markdown(rows, args, zero_r2, total)
-    runs.atomic_write(os.path.join(args.out, "report.md"), report.encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"), json.dumps(
-        {"args": vars(args), "total_seconds": total, "zero_rule_heldout_r2": zero_r2,
-         "terms": terms({(r["rule"], r["family"]) for r in rows}), "rows": rows},
-        indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report)
+    runs.write_json(os.path.join(args.out, "report.json"), {
+        "args": vars(args), "total_seconds": total, "zero_rule_heldout_r2": zero_r2,
+        "terms": terms({(r["rule"], r["family"]) for r in rows}), "rows": rows})
     print("\n" + report)
     print(f"wrote {args.out}/: report.md report.json ({total:.0f} s)")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

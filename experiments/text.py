@@ -54,13 +54,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import curves, models, ngram, plastic, runs, tasks, train  # noqa: E402
+from plastix import checks, cli, curves, models, ngram, plastic, runs, tasks, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
+                                              "input.txt"))
 TEST_SEED, VALID_SEED, LIFETIME_SEED = 777, 778, 779
 PARTS = ("ngrams", "rules", "priors", "lstm")
 LN2 = math.log(2)
+REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png")
 
 # What every row of the rule table shares: the first user's reward-modulated Hebbian RNN.
 # The readout's 16 terms start at zero with a unit rate (the delta rule's own start,
@@ -134,63 +136,125 @@ def prior_cells() -> list[Cell]:
     ]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="any UTF-8 plain-text file")
     p.add_argument("--out", default="runs/text", help="where cells, report and plots go")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--cells", nargs="+", default=None, metavar="NAME",
                    help="only these meta-learned cells of the rules and priors parts "
                         "(default all; names as in the report.json)")
-    p.add_argument("--lengths", type=int, nargs="+", default=[100, 1000, 10000],
+    p.add_argument("--lengths", type=checks.integer(at_least=2), nargs="+",
+                   default=[100, 1000, 10000],
                    help="lifetime lengths (characters) every model is scored at")
-    p.add_argument("--test-chars", type=int, default=51200,
+    p.add_argument("--test-chars", type=checks.SIZE, default=51200,
                    help="characters scored per lifetime length (windows = this / length, "
                         "at least --min-windows)")
-    p.add_argument("--min-windows", type=int, default=16)
-    p.add_argument("--chunk", type=int, default=500, help="steps per jitted scan when scoring")
-    p.add_argument("--hidden", type=int, default=64, help="hidden units of every network")
-    p.add_argument("--train-length", type=int, default=100,
+    p.add_argument("--min-windows", type=checks.SIZE, default=16)
+    p.add_argument("--chunk", type=checks.SIZE, default=500,
+                   help="steps per jitted scan when scoring")
+    p.add_argument("--hidden", type=checks.SIZE, default=64, help="hidden units of every network")
+    p.add_argument("--train-length", type=checks.SIZE, default=100,
                    help="lifetime length the outer loops and backprop train on")
-    p.add_argument("--batch", type=int, default=16, help="windows per update")
-    p.add_argument("--rule-updates", type=int, default=150,
+    p.add_argument("--batch", type=checks.SIZE, default=16, help="windows per update")
+    p.add_argument("--rule-updates", type=checks.SIZE, default=150,
                    help="gradient updates of each rule-table cell")
-    p.add_argument("--prior-updates", type=int, default=200,
+    p.add_argument("--prior-updates", type=checks.SIZE, default=200,
                    help="gradient updates (and backprop steps) of each prior cell")
-    p.add_argument("--grad-lr", type=float, default=0.03)
-    p.add_argument("--es-generations", type=int, default=40)
-    p.add_argument("--es-pop", type=int, default=64)
-    p.add_argument("--es-batch", type=int, default=8)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--grad-lr", type=checks.RATE, default=0.03)
+    p.add_argument("--es-generations", type=checks.SIZE, default=40)
+    p.add_argument("--es-pop", type=checks.integer(at_least=2), default=64,
+                   help="ES population (even: members come in antithetic pairs)")
+    p.add_argument("--es-batch", type=checks.SIZE, default=8)
+    p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0, 1, 2],
                    help="seeds of the prior cells and their backprop baselines")
-    p.add_argument("--backprop-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
+    p.add_argument("--backprop-lrs", type=checks.RATE, nargs="+", default=[1e-3, 3e-3, 1e-2],
                    help="Adam rates tried for the LSTM baseline (chosen on valid, seed 0)")
-    p.add_argument("--lstm-hidden", type=int, default=256,
+    p.add_argument("--lstm-hidden", type=checks.SIZE, default=256,
                    help="hidden units of the stand-alone LSTM baseline (part lstm)")
-    p.add_argument("--lstm-steps", type=int, default=6000)
-    p.add_argument("--lstm-batch", type=int, default=32)
-    p.add_argument("--lstm-lr", type=float, default=3e-3)
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--lstm-steps", type=checks.SIZE, default=6000)
+    p.add_argument("--lstm-batch", type=checks.SIZE, default=32)
+    p.add_argument("--lstm-lr", type=checks.RATE, default=3e-3)
+    p.add_argument("--log-every", type=checks.SIZE, default=50)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: report the cells already finished under --out")
-    args = p.parse_args(argv)
-    for name in ("test_chars", "min_windows", "chunk", "hidden", "train_length", "batch",
-                 "rule_updates", "prior_updates", "es_generations", "es_pop", "es_batch",
-                 "lstm_hidden", "lstm_steps", "lstm_batch", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if min(args.lengths) < 2:
-        p.error(f"--lengths must be >= 2 characters, got {args.lengths}")
-    for name in ("grad_lr", "lstm_lr"):
-        if not 0 < getattr(args, name) < math.inf:
-            p.error(f"--{name.replace('_', '-')} must be a finite rate > 0")
-    known = {cell.name for cell in rule_cells() + prior_cells()}
-    if args.cells is not None and set(args.cells) - known:
-        p.error(f"--cells: unknown {sorted(set(args.cells) - known)}; known: {sorted(known)}")
+    return p
+
+
+# The dests of the flags each piece of work reads: every invocation, the meta-learned
+# cells (and those of each outer loop), the priors part's backprop baselines, the lstm part.
+FLAGS_READ = {
+    "always": {"corpus", "out", "parts", "lengths", "test_chars", "min_windows", "no_plots",
+               "report_only"},
+    "meta": {"cells", "chunk", "hidden", "train_length"},
+    "gradient": {"grad_lr", "batch", "log_every"},
+    "gradient rule": {"rule_updates"},
+    "es": {"es_generations", "es_pop", "es_batch"},
+    "priors": {"cells", "chunk", "hidden", "train_length", "batch", "log_every",
+               "prior_updates", "seeds", "backprop_lrs"},
+    "lstm": {"train_length", "log_every", "lstm_hidden", "lstm_steps", "lstm_batch", "lstm_lr"},
+}
+
+
+def all_cells() -> dict[str, list[Cell]]:
+    return {"rules": rule_cells(), "priors": prior_cells()}
+
+
+def chosen_cells(args) -> dict[str, list[Cell]]:
+    """The meta-learned cells this invocation runs, per part (none for a part not chosen)."""
+    return {part: [cell for cell in cells if part in args.parts
+                   and (args.cells is None or cell.name in args.cells)]
+            for part, cells in all_cells().items()}
+
+
+def flags_read(args) -> set[str]:
+    """The dests of the flags that the chosen parts and cells read (`FLAGS_READ`)."""
+    meta = [cell for cells in chosen_cells(args).values() for cell in cells]
+    work = {"always", *(part for part in ("priors", "lstm") if part in args.parts),
+            *(cell.outer for cell in meta)}
+    if {"rules", "priors"} & set(args.parts):
+        work.add("meta")
+    if any(cell.outer == "gradient" and cell.kind == "rule" for cell in meta):
+        work.add("gradient rule")
+    return set().union(*(FLAGS_READ[name] for name in work))
+
+
+def check_cells(args) -> None:
+    """Every name in --cells is a cell of a chosen part: a name that selects nothing
+    would leave its part silently empty."""
+    if args.cells is None:
+        return
+    part_of = {cell.name: part for part, cells in all_cells().items() for cell in cells}
+    unknown = sorted(set(args.cells) - set(part_of))
+    if unknown:
+        raise checks.FieldError("--cells", f"has unknown names {unknown}; known: "
+                                           f"{sorted(part_of)}")
+    elsewhere = [name for name in args.cells if part_of[name] not in args.parts]
+    if elsewhere:
+        parts = " ".join(sorted({part_of[name] for name in elsewhere}))
+        raise checks.FieldError("--cells", f"names {', '.join(elsewhere)} of --parts {parts}, "
+                                           f"a part not chosen; add it to --parts or drop them")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The checked command line; ValueError naming the flag for a mistake."""
+    args, given = cli.parse(parser(), argv)
+    check_cells(args)
+    read = flags_read(args)
+    context = f"to --parts {' '.join(args.parts)}" + (" with these --cells" if args.cells else "")
+    cli.refuse(given, [dest for dest in given if dest not in read], context)
+    if args.es_pop % 2:
+        raise checks.FieldError("--es-pop", f"must be even (ES members come in antithetic "
+                                            f"pairs), got {args.es_pop}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise checks.FieldError("--seeds", f"must not repeat a seed, got {args.seeds}")
     if not os.path.isfile(args.corpus):
-        p.error(f"--corpus {args.corpus} is not a file")
+        raise checks.FieldError("--corpus", f"{args.corpus}: no such file; give a UTF-8 "
+                                            f"text file")
+    if args.report_only and not os.path.isdir(args.out):
+        raise checks.FieldError("--out", f"{args.out}: no such directory, so --report-only "
+                                         f"has no finished cells to report")
     args.lengths = sorted(set(args.lengths))
     return args
 
@@ -273,8 +337,7 @@ def iter_summaries(rows: dict):
 
 def write_result(cell_dir: str, result: dict) -> dict:
     os.makedirs(cell_dir, exist_ok=True)
-    runs.atomic_write(os.path.join(cell_dir, "result.json"),
-                      json.dumps(result, indent=1).encode())
+    runs.write_json(os.path.join(cell_dir, "result.json"), result)
     return result
 
 
@@ -352,8 +415,7 @@ def meta_cell(args, cell: Cell, seed: int, probe_token: int) -> dict:
         return done
     cfg, _ = es_abcd.parse_config(flags)
     began = time.perf_counter()
-    outer, history, params = es_abcd.run_outer(
-        cfg, resume=os.path.exists(os.path.join(cell_dir, runs.CHECKPOINT)))
+    outer, history, params = es_abcd.run_outer(cfg, mode="auto")  # a killed cell resumes
     seconds = time.perf_counter() - began
     n_params = sum(np.size(x) for x in jax.tree.leaves(params))
     return write_result(cell_dir, {
@@ -593,7 +655,7 @@ def save_plots(args, results: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("bits/char (test windows, log-binned)")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "learning_curve.png"), dpi=110)
+    runs.save_figure(fig, os.path.join(args.out, "learning_curve.png"), dpi=110)
     plt.close(fig)
 
     rule_rows = [r for r in results.get("rules", []) if at(r)["diverged"] == 0]
@@ -623,7 +685,7 @@ def save_plots(args, results: dict) -> None:
     fig.colorbar(image, ax=axes[2])
     fig.suptitle(f"Learning dynamics: {best['cell']['label']}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "dynamics.png"), dpi=110)
+    runs.save_figure(fig, os.path.join(args.out, "dynamics.png"), dpi=110)
     plt.close(fig)
 
 
@@ -634,10 +696,6 @@ def without_dynamics(results: dict) -> dict:
             if isinstance(value, list) else value for part, value in results.items()}
 
 
-def chosen(args, cells: list[Cell]) -> list[Cell]:
-    return [cell for cell in cells if args.cells is None or cell.name in args.cells]
-
-
 def most_frequent_token(args) -> int:
     _, ids = tasks.encode_text_splits(tasks.read_text_splits(args.corpus))
     return int(np.argmax(np.bincount(ids["train"])))
@@ -645,13 +703,13 @@ def most_frequent_token(args) -> int:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cells = {"rules": chosen(args, rule_cells()), "priors": chosen(args, prior_cells())}
+    cells = chosen_cells(args)
+    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
     # A corpus too short for a lifetime fails before any work.
     for length in {*args.lengths, args.train_length, *(
-            cell.train_length for part in args.parts for cell in cells.get(part, ())
+            cell.train_length for part_cells in cells.values() for cell in part_cells
             if cell.train_length)}:
         text_task(args.corpus, length)
-    os.makedirs(args.out, exist_ok=True)
     probe = most_frequent_token(args)
     results: dict = {}
     if "ngrams" in args.parts:
@@ -670,10 +728,9 @@ def main(argv=None) -> dict:
                for part, value in results.items() if value}
     report = format_report(args, results)
     print("\n" + report)
-    runs.atomic_write(os.path.join(args.out, "report.md"), (report + "\n").encode())
-    runs.atomic_write(os.path.join(args.out, "report.json"),
-                      json.dumps({"args": vars(args), "results": without_dynamics(results)},
-                                 indent=1).encode())
+    runs.write_text(os.path.join(args.out, "report.md"), report + "\n")
+    runs.write_json(os.path.join(args.out, "report.json"),
+                    {"args": vars(args), "results": without_dynamics(results)})
     if not args.no_plots:
         save_plots(args, results)
     print(f"wrote {args.out}/report.md, report.json"
@@ -682,7 +739,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main)

@@ -37,7 +37,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from plastix import batching, noise_table, plastic
+from plastix import batching, checks, noise_table, plastic
 from plastix import runs
 from plastix import devices as devices_lib
 
@@ -63,10 +63,12 @@ class ESConfig:
       population: members per generation (even for antithetic sampling).
       batch: lifetimes (sequences) per member per generation.
       optimizer: "sgd" (Najarro & Risi 2020) or "adam" on the ES gradient estimate.
-      lr, lr_decay, lr_min: its step size, decayed every generation
-        (Najarro & Risi 2020 use SGD with 0.2 and 0.995).
-      sigma, sigma_decay, sigma_min: search std, decayed every generation
-        (Najarro & Risi 2020: 0.1 and 0.999).
+      lr, lr_decay, lr_min: its step size, decayed every generation but never below
+        ``lr_min`` (Najarro & Risi 2020 use SGD with 0.2 and 0.995); ``lr`` below
+        ``lr_min`` is refused.
+      sigma, sigma_decay, sigma_min: search std, decayed every generation but never
+        below ``sigma_min`` (Najarro & Risi 2020: 0.1 and 0.999); ``sigma`` below
+        ``sigma_min`` is refused.
       floor_mode: how ``lr_min`` and ``sigma_min`` bound the decay (`decay_schedule`):
         "clamp", x_g = max(x_0 d^g, floor); or "stop", decay only while above the
         floor, so the last value lies within one factor d below it (Najarro & Risi).
@@ -95,24 +97,24 @@ class ESConfig:
 
     strategy: str = "Open_ES"
     optimizer: str = "sgd"
-    population: int = 64
-    batch: int = 32
-    lr: float = 0.2
-    lr_decay: float = 0.995
-    lr_min: float = 0.01
-    sigma: float = 0.1
-    sigma_decay: float = 0.999
-    sigma_min: float = 0.01
+    population: int = checks.field(64, checks.integer(at_least=2))
+    batch: int = checks.field(32, checks.SIZE)
+    lr: float = checks.field(0.2, checks.RATE)
+    lr_decay: float = checks.field(0.995, checks.FACTOR)
+    lr_min: float = checks.field(0.01, checks.NONNEGATIVE)
+    sigma: float = checks.field(0.1, checks.RATE)
+    sigma_decay: float = checks.field(0.999, checks.FACTOR)
+    sigma_min: float = checks.field(0.01, checks.NONNEGATIVE)
     floor_mode: str = "clamp"
     sigma_lag: bool = True
     fitness_shaping: str = "default"
-    l2_penalty: float = 0.0
+    l2_penalty: float = checks.field(0.0, checks.NONNEGATIVE)
     l2_reduce: str = "sum"
     antithetic: bool = True
-    noise_table: int | None = None
-    eval_batch: int = 512
-    chunk_size: int | None = None
-    memory_budget: int | None = None
+    noise_table: int | None = checks.field(None, checks.integer(at_least=0, optional=True))
+    eval_batch: int = checks.field(512, checks.SIZE)
+    chunk_size: int | None = checks.field(None, checks.integer(at_least=1, optional=True))
+    memory_budget: int | None = checks.field(None, checks.integer(at_least=1, optional=True))
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -123,28 +125,26 @@ class ESConfig:
             raise ValueError(
                 f"unknown ES optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
             )
-        if self.population < 2 or self.batch < 1:
-            raise ValueError(
-                f"need population >= 2 and batch >= 1, got population={self.population}, "
-                f"batch={self.batch}"
-            )
+        checks.validate(self)
+        # A floor is a setting of its own: a start below it is refused, never raised to it.
+        checks.at_most_field("lr_min", self.lr_min, "lr", self.lr)
+        checks.at_most_field("sigma_min", self.sigma_min, "sigma", self.sigma)
         if self.antithetic and _accepts(self.strategy, "use_antithetic_sampling"):
             if self.population % 2:
-                raise ValueError(
-                    f"antithetic sampling pairs members (z, -z): population must be even, "
-                    f"got {self.population}"
-                )
+                raise checks.FieldError(
+                    "population", f"must be even for antithetic sampling, which pairs members "
+                                  f"(z, -z), got {self.population}")
         _check_option("floor_mode", self.floor_mode, FLOOR_MODES)
         _check_option("l2_reduce", self.l2_reduce, L2_REDUCTIONS)
         _check_option("fitness_shaping", self.fitness_shaping, ("default", *FITNESS_SHAPINGS))
         if self.fitness_shaping != "default" and not _accepts(self.strategy, "fitness_shaping_fn"):
             raise ValueError(f"ES strategy {self.strategy!r} takes no fitness shaping; "
                              f"use fitness_shaping='default'")
-        if self.noise_table is not None and (
-                self.noise_table < 0 or (self.noise_table and self.strategy != "Open_ES")):
-            raise ValueError(f"noise_table must be None (default), 0 (fresh noise) or a "
-                             f"table size for Open_ES, got {self.noise_table} with "
-                             f"strategy {self.strategy!r}")
+        if self.noise_table and self.strategy != "Open_ES":
+            raise checks.FieldError(
+                "noise_table", f"must be None (default) or 0 (fresh noise) with strategy "
+                               f"{self.strategy!r}: only Open_ES draws from a table, got "
+                               f"{self.noise_table}")
         if not self.sigma_lag and not _accepts(self.strategy, "std_schedule"):
             raise ValueError(f"ES strategy {self.strategy!r} has no sigma schedule; "
                              f"sigma_lag=False needs one")
@@ -477,13 +477,17 @@ class Evolution:
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         population, decode, state = self.ask(state, ask_key, es_params)
         scores = self.population_scores(population, eval_key, decode=decode)
-        fitness, n_nonfinite = contain_nonfinite(scores.nll + scores.penalty)
+        raw_fitness = scores.nll + scores.penalty
+        fitness, n_nonfinite = contain_nonfinite(raw_fitness)
         state = self.tell(state, population, fitness, tell_key, es_params)
         nll, accuracy = scores.nll, scores.accuracy
         finite = jnp.isfinite(nll)
+        # Figures of the finite members only, not of the stand-in fitness the strategy was
+        # told; without any finite member they are inf / NaN, logged as None.
         metrics = {
-            "best_fitness": jnp.min(fitness),
-            "mean_fitness": jnp.sum(jnp.where(finite, nll, 0.0)) / jnp.maximum(jnp.sum(finite), 1),
+            "best_fitness": jnp.min(jnp.where(jnp.isfinite(raw_fitness), raw_fitness, jnp.inf)),
+            "mean_fitness": jnp.where(jnp.any(finite), jnp.sum(jnp.where(finite, nll, 0.0))
+                                      / jnp.maximum(jnp.sum(finite), 1), jnp.nan),
             "best_accuracy": jnp.max(jnp.where(finite, accuracy, 0.0)),
             "mean_accuracy": jnp.mean(jnp.where(finite, accuracy, 0.0)),
             "nonfinite": n_nonfinite,
@@ -544,6 +548,13 @@ def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
 TIMING_FIELDS = ("seconds", "lifetimes_per_s", "synapse_updates_per_s")
 
 
+def finite_or_none(x) -> float | None:
+    """A logged figure: the float, or None where it is NaN or infinite (no finite member,
+    a diverged mean): a record never shows a made-up number, and stays valid JSON."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def evolve(
     evolution: Evolution,
     seed: int,
@@ -554,6 +565,7 @@ def evolve(
     on_log: Callable[[dict], None] | None = None,
     eval_seed: int = 12345,
     time_budget_s: float | None = None,
+    on_start: Callable[[int], None] | None = None,
 ):
     """Run ES for ``generations``, logging and checkpointing every ``log_every``.
 
@@ -585,9 +597,10 @@ def evolve(
         )
         return state, {
             "generation": generation + block,
-            **{k: float(v[-1]) for k, v in metrics.items() if k != "nonfinite"},
+            **{k: finite_or_none(v[-1]) for k, v in metrics.items() if k != "nonfinite"},
             "nonfinite": int(jnp.sum(metrics["nonfinite"])),
-            "valid_nll": float(valid_nll),
+            "finite_members": evolution.cfg.population - int(metrics["nonfinite"][-1]),
+            "valid_nll": finite_or_none(valid_nll),
             "valid_accuracy": float(valid_acc),
             "seconds": seconds,
             "lifetimes_per_s": lifetimes / seconds,
@@ -599,4 +612,4 @@ def evolve(
     return runs.run_blocks(evolution.init(init_key), generations, advance, out_dir=out_dir,
                            log_every=log_every, resume=resume, on_log=on_log,
                            step_key="generation", place=evolution.place,
-                           time_budget_s=time_budget_s)
+                           time_budget_s=time_budget_s, on_start=on_start)

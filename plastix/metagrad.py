@@ -47,7 +47,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from plastix import devices as devices_lib
-from plastix import evolve, plastic, runs, train
+from plastix import checks, evolve, plastic, runs, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,33 +68,21 @@ class GradConfig:
       eval_batch: held-out sequences scored at every log.
     """
 
-    learning_rate: float = 0.01
-    lr_decay: float = 1.0
-    lr_min: float = 0.0
-    clip_norm: float = 1.0
-    batch: int = 32
-    truncation: int | None = None
-    checkpoint_every: int | None = None
-    l2_penalty: float = 0.0
+    learning_rate: float = checks.field(0.01, checks.RATE)
+    lr_decay: float = checks.field(1.0, checks.FACTOR)
+    lr_min: float = checks.field(0.0, checks.NONNEGATIVE)
+    clip_norm: float = checks.field(1.0, checks.RATE)
+    batch: int = checks.field(32, checks.SIZE)
+    truncation: int | None = checks.field(None, checks.integer(at_least=1, optional=True))
+    checkpoint_every: int | None = checks.field(None, checks.integer(at_least=1, optional=True))
+    l2_penalty: float = checks.field(0.0, checks.NONNEGATIVE)
     l2_reduce: str = "sum"
-    eval_batch: int = 512
+    eval_batch: int = checks.field(512, checks.SIZE)
 
     def __post_init__(self):
-        for name in ("learning_rate", "clip_norm"):
-            value = getattr(self, name)
-            if not 0 < value < float("inf"):
-                raise ValueError(f"gradient {name} must be finite and > 0, got {value}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"gradient lr_decay must be in (0, 1], got {self.lr_decay}")
-        if not 0 <= self.lr_min <= self.learning_rate:
-            raise ValueError(f"gradient lr_min must be in [0, learning_rate], got "
-                             f"{self.lr_min}")
-        if not 0 <= self.l2_penalty < float("inf"):
-            raise ValueError(f"l2_penalty must be finite and >= 0, got {self.l2_penalty}")
-        for name in ("batch", "eval_batch", "truncation", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"gradient {name} must be >= 1, got {value}")
+        checks.validate(self, prefix="gradient ")
+        checks.at_most_field("gradient lr_min", self.lr_min, "gradient learning_rate",
+                             self.learning_rate)
         if self.l2_reduce not in evolve.L2_REDUCTIONS:
             raise ValueError(f"unknown l2_reduce {self.l2_reduce!r}; choose one of "
                              f"{list(evolve.L2_REDUCTIONS)}")
@@ -313,6 +301,7 @@ def descend(
     on_log: Callable[[dict], None] | None = None,
     eval_seed: int = 12345,
     time_budget_s: float | None = None,
+    on_start: Callable[[int], None] | None = None,
 ):
     """Run ``steps`` updates, logging and checkpointing every ``log_every``.
 
@@ -344,9 +333,9 @@ def descend(
             "step": first + count,
             "train_nll": mean(metrics.nll),
             "train_accuracy": mean(metrics.accuracy),
-            "grad_norm": float(metrics.grad_norm[-1]),
+            "grad_norm": evolve.finite_or_none(metrics.grad_norm[-1]),
             "nonfinite": int(jnp.sum(metrics.nonfinite)),
-            "valid_nll": float(valid_nll),
+            "valid_nll": evolve.finite_or_none(valid_nll),
             "valid_accuracy": float(valid_acc),
             "seconds": seconds,
             "lifetimes_per_s": lifetimes / seconds,
@@ -355,4 +344,4 @@ def descend(
 
     return runs.run_blocks(meta.init(), steps, advance, out_dir=out_dir, log_every=log_every,
                            resume=resume, on_log=on_log, step_key="step",
-                           time_budget_s=time_budget_s)
+                           time_budget_s=time_budget_s, on_start=on_start)

@@ -47,6 +47,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from plastix import checks
 from plastix import rules as rules_lib
 
 LAYERS = ("in", "rec", "out")
@@ -92,14 +93,14 @@ class PlasticRNN:
         an isotropic search distribution crosses far faster in log space.
     """
 
-    vocab_size: int
-    hidden_size: int = 32
+    vocab_size: int = checks.field(dataclasses.MISSING, checks.integer(at_least=2))
+    hidden_size: int = checks.field(32, checks.SIZE)
     layer_rules: tuple[tuple[str, str | rules_lib.Rule], ...] = (("out", "ABCD_lr"),)
     granularity: str = "shared"
-    init_scale: float = 0.1
+    init_scale: float = checks.field(0.1, checks.NONNEGATIVE)
     evolve_init: bool = False
     normalise: str = "none"
-    weight_noise: float = 0.0
+    weight_noise: float = checks.field(0.0, checks.NONNEGATIVE)
     normalise_layers: tuple[str, ...] = LAYERS
     readout_post: str = "auto"
     modulation: str = "none"
@@ -107,16 +108,7 @@ class PlasticRNN:
     log_rates: bool = False
 
     def __post_init__(self):
-        if self.vocab_size < 2 or self.hidden_size < 1:
-            raise ValueError(
-                f"PlasticRNN needs vocab_size >= 2 and hidden_size >= 1, got "
-                f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}"
-            )
-        if not 0 <= self.init_scale < float("inf") or not 0 <= self.weight_noise < float("inf"):
-            raise ValueError(
-                f"PlasticRNN needs finite init_scale >= 0 and weight_noise >= 0, got "
-                f"init_scale={self.init_scale}, weight_noise={self.weight_noise}"
-            )
+        checks.validate(self, prefix="PlasticRNN ")
         for layer, rule in self.layer_rules:
             if layer not in LAYERS:
                 raise ValueError(f"unknown layer {layer!r}; layers are {LAYERS}")

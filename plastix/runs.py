@@ -13,6 +13,11 @@ rewrites the kept ones the same way. A kill at any instant therefore leaves each
 either as it was or as it was meant to become; the one exception, the metrics record being
 appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` drops.
 
+Which run a directory holds is never left to chance (:func:`claim`): a new run does not
+start in a directory that holds another unless told to replace it, and a resume refuses a
+directory with nothing to resume, or a checkpoint it cannot read, or a history that does
+not reach its checkpoint.
+
 Resuming means: refuse if the saved config differs from the current one in any key the
 caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
 metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on
@@ -32,6 +37,8 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from plastix.cli import one_line
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.msgpack"
@@ -65,6 +72,92 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace the text file ``path`` atomically (`atomic_write`)."""
+    atomic_write(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Replace ``path`` by ``obj`` as indented JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    """Save a matplotlib figure atomically (rendered to memory, then `atomic_write`), so a
+    kill never leaves half an image; the format is the file's extension."""
+    import io
+
+    buffer = io.BytesIO()
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    fig.savefig(buffer, format=fmt, **kwargs)
+    atomic_write(path, buffer.getvalue())
+
+
+# --- which run a directory holds ---------------------------------------------------------
+
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS)
+CLAIM_MODES = ("new", "resume", "overwrite", "auto")
+
+
+def held_files(run_dir: str | os.PathLike) -> list[str]:
+    """The run files (`RUN_FILES`) present in ``run_dir``: it holds a run if any."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+
+
+def claim(run_dir: str | os.PathLike, mode: str = "new", outputs: Iterable[str] = (),
+          flag: str = "--out") -> bool:
+    """Make ``run_dir`` ready for a run, never mixing two runs or losing one unasked.
+
+    Args:
+      run_dir: the run directory (created if missing).
+      mode: "new" refuses a directory that holds a run; "resume" refuses one that holds
+        none; "overwrite" removes the run it holds (its ``outputs`` too); "auto" resumes
+        a run if there is one, else starts one (for experiments made of many cells).
+      outputs: files the run writes besides `RUN_FILES` (reports, plots), removed by
+        "overwrite" with the run.
+      flag: how the user named the directory, for the messages.
+
+    Returns:
+      Whether the run continues from what the directory holds.
+
+    Raises:
+      ValueError: one line naming the directory and the choice to make.
+    """
+    if mode not in CLAIM_MODES:
+        raise ValueError(f"unknown run-directory mode {mode!r}; choose one of {CLAIM_MODES}")
+    path = os.fspath(run_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a run directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the directory is not writable")
+    for name in (*RUN_FILES, *outputs):  # a temporary file is only ever a killed write
+        stale = os.path.join(path, f"{name}.tmp")
+        if os.path.exists(stale):
+            os.remove(stale)
+    held = held_files(path)
+    if mode == "auto":
+        return bool(held)
+    if mode == "resume":
+        if CONFIG not in held:
+            raise ValueError(f"nothing to resume in {path}: it holds no run (no {CONFIG}); "
+                             f"start the run without --resume")
+        return True
+    if held and mode == "new":
+        raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
+                         f"--resume or replace it with --overwrite")
+    # The checkpoint goes first and the config last: a kill in between leaves a run that a
+    # later "new" still refuses, never an old checkpoint under a new config.
+    for name in (CHECKPOINT, METRICS, *outputs, CONFIG):
+        target = os.path.join(path, name)
+        if os.path.exists(target):
+            os.remove(target)
+    return False
 
 
 # --- config ------------------------------------------------------------------------------
@@ -114,8 +207,16 @@ def read_config(run_dir: str | os.PathLike) -> dict | None:
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({one_line(e)}); start afresh with --overwrite "
+                         f"or move it away") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds no run config (a JSON object); start afresh with "
+                         f"--overwrite or move it away")
+    return saved
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -195,14 +296,35 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, int]:
     formats used before this one are read too: ``{"generation", "state"}`` (ES) and a
     bare state dict with a ``"step"`` entry (the gradient path's ``TrainState``).
     """
-    with open(path, "rb") as f:
-        record = flax.serialization.msgpack_restore(f.read())
-    if "state" in record:
-        state_dict, step = record["state"], record.get("step", record.get("generation"))
-    else:
-        state_dict, step = record, record["step"]
-    state = flax.serialization.from_state_dict(template, state_dict)
-    return jax.tree.map(jnp.asarray, state), int(step)
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            record = flax.serialization.msgpack_restore(f.read())
+        if "state" in record:
+            state_dict, step = record["state"], record.get("step", record.get("generation"))
+        else:
+            state_dict, step = record, record["step"]
+        state = flax.serialization.from_state_dict(template, state_dict)
+        state = jax.tree.map(jnp.asarray, state)
+        _check_shapes(template, state)
+        step = int(step)
+    except OSError:
+        raise
+    except Exception as e:  # msgpack, flax and numpy each fail their own way
+        raise ValueError(
+            f"{path} cannot be resumed: it is damaged or holds another run's state "
+            f"({type(e).__name__}: {one_line(e)[:160]}); start afresh with --overwrite or move it "
+            f"away") from None
+    return state, step
+
+
+def _check_shapes(template: Any, state: Any) -> None:
+    # from_state_dict fills a template's structure without comparing shapes.
+    for (where, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
+                                  jax.tree.leaves(state)):
+        if np.shape(want) != np.shape(got):
+            raise ValueError(f"{jax.tree_util.keystr(where)} has shape {np.shape(got)}, "
+                             f"this run needs {np.shape(want)}")
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -242,11 +364,15 @@ class MetricsLog:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 if number == len(lines):  # torn by a kill mid-append
                     break
                 raise ValueError(f"{self.path}:{number} is not a JSON record") from None
+            if not isinstance(record, dict) or not isinstance(record.get(self.step_key), int):
+                raise ValueError(f"{self.path}:{number} is not a record of this run (no "
+                                 f"{self.step_key!r})")
+            records.append(record)
         if upto_step is not None:
             records = [r for r in records if r[self.step_key] <= upto_step]
         return records
@@ -258,6 +384,27 @@ class MetricsLog:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         return kept
+
+
+def check_history(log: MetricsLog, step: int, total: int | None = None) -> None:
+    """Refuse to resume from a checkpoint at ``step`` unless ``log`` holds the history up
+    to it (its last record at or before ``step`` is at ``step``), and unless the run is
+    to last at least that long (``total``): either would give a run with records missing,
+    or an old result passed off as the one asked for."""
+    if total is not None and step > total:
+        raise ValueError(f"{os.path.dirname(log.path) or '.'}: the checkpoint is at "
+                         f"{log.step_key} {step}, past the {total} asked for; ask for at "
+                         f"least {step}")
+    if step == 0:
+        return
+    records = log.read(upto_step=step)
+    last = records[-1][log.step_key] if records else None
+    if last != step:
+        where = "is missing" if not os.path.exists(log.path) else (
+            "holds no record" if last is None else f"ends at {log.step_key} {last}")
+        raise ValueError(f"{log.path} {where} but the checkpoint is at {log.step_key} "
+                         f"{step}: the run's history is incomplete; start afresh with "
+                         f"--overwrite")
 
 
 # --- a loop of logged, checkpointed blocks ---------------------------------------------------
@@ -274,6 +421,7 @@ def run_blocks(
     step_key: str = "step",
     place: Callable[[Any], Any] = lambda state: state,
     time_budget_s: float | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[Any, list[dict]]:
     """Advance ``state`` to step ``total`` in blocks of ``log_every`` steps, one record and
     one checkpoint per block.
@@ -287,7 +435,13 @@ def run_blocks(
     ``resume`` the directory's old checkpoint and records are discarded. With
     ``time_budget_s`` the loop also stops after the first block that ends that many
     seconds after this call began (for runs compared at equal wall-clock time; where it
-    stops then depends on the machine's speed).
+    stops then depends on the machine's speed). ``on_start(step)`` is called once the
+    run's first step is settled (0, or a resumed checkpoint's) and before anything in
+    ``out_dir`` changes, so a refused resume leaves the directory as it was.
+
+    Raises:
+      ValueError: on resume, a checkpoint that cannot be read into ``state``'s structure,
+        a history that does not reach it (`check_history`), or a checkpoint past ``total``.
 
     Returns:
       ``(final_state, history)``: history is every record of the run, oldest first.
@@ -299,10 +453,15 @@ def run_blocks(
         log = MetricsLog(os.path.join(out_dir, METRICS), step_key=step_key)
         if resume and os.path.exists(ckpt_path):
             state, start = load_checkpoint(ckpt_path, state)
-        elif os.path.exists(ckpt_path):
+            check_history(log, start, total)
+        if on_start is not None:
+            on_start(start)
+        if not resume and os.path.exists(ckpt_path):
             # A fresh run: a later resume must not pick up the previous run's state.
             os.remove(ckpt_path)
         history = log.truncate_to(start)  # the resumed run logs later blocks again
+    elif on_start is not None:
+        on_start(start)
     state = place(state)
     step, began = start, time.perf_counter()
     while step < total:

@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from typing import Callable, NamedTuple, Sequence
@@ -435,8 +436,12 @@ def read_text_splits(path: str) -> dict[str, str]:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text corpus not found: looked for the file {path}")
-    with open(path, encoding="utf-8") as f:
-        return tfds_cut(f.read())
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tfds_cut(f.read())
+    except UnicodeDecodeError as e:  # its message names a byte, not the file
+        raise ValueError(f"text corpus {path} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                         f"give a UTF-8 text file") from None
 
 
 def load_tfds_text_splits(name: str = "tiny_shakespeare", data_dir: str | None = None) -> dict[str, str]:
@@ -705,10 +710,20 @@ REGISTRY: dict[str, Callable[..., Task]] = {
 }
 
 
-def get(name: str, **config) -> Task:
-    """Builds the task ``name`` with keyword ``config``; ValueError for unknown names."""
+def settings(name: str) -> tuple[str, ...]:
+    """The keyword settings the task ``name`` takes (``tasks.get(name, **settings)``)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(REGISTRY)}")
+    return tuple(inspect.signature(REGISTRY[name]).parameters)
+
+
+def get(name: str, **config) -> Task:
+    """Builds the task ``name`` with keyword ``config``; ValueError for an unknown name or
+    a setting the task does not take."""
+    unknown = sorted(set(config) - set(settings(name)))
+    if unknown:
+        raise ValueError(f"task {name!r} takes no setting {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(settings(name))}")
     return REGISTRY[name](**config)
 
 

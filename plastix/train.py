@@ -22,8 +22,12 @@ Resuming loses nothing: the batch of step i is drawn from ``fold_in(data_key, i)
 depends on the step only, never on how many processes ran before; a checkpoint holds
 (step, params, optimiser state) and is written atomically; on resume, metrics records past the
 checkpoint are dropped and recomputed. N straight steps and N/2 + kill + resume give
-bit-identical parameters. A directory whose saved config differs from the run's (in anything
-but ``steps``) is not resumed but refused.
+bit-identical parameters and metrics (but for the timing fields, `TIMING_FIELDS`). A
+directory whose saved config differs from the run's (in anything but ``steps``), whose
+metrics do not reach its checkpoint, or whose checkpoint is past the steps asked for is
+not resumed but refused. A finished run extended to more steps has the parameters of a
+straight run too; its history keeps the records of its old last step, which a straight run
+logs only if that step is on the logging grid.
 
 Example:
     >>> task = tasks.get("assoc_retrieval")
@@ -45,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastix import masks, runs, tasks
+from plastix import checks, masks, runs, tasks
 
 # config.json keys a resumed run may set afresh: more steps extend a finished run.
 MAY_CHANGE_ON_RESUME = ("train.steps",)
@@ -55,23 +59,32 @@ TIMING_FIELDS = ("steps_per_s",)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Numbers that steer training; none of them changes a shape the model sees."""
+    """Numbers that steer training; none of them changes a shape the model sees.
 
-    steps: int = 10_000
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    clip_norm: float = 1.0
-    seed: int = 0
-    log_every: int = 100
-    eval_every: int = 1_000
-    eval_batches: int = 8
-    checkpoint_every: int = 1_000
+    Every field is checked when the config is made (:func:`plastix.checks.validate`): a
+    run of no steps, a rate of 0 or NaN, a batch of none is refused by name.
+    """
+
+    steps: int = checks.field(10_000, checks.SIZE)
+    batch_size: int = checks.field(128, checks.SIZE)
+    learning_rate: float = checks.field(1e-3, checks.RATE)
+    clip_norm: float = checks.field(1.0, checks.RATE)
+    seed: int = checks.field(0, checks.SEED)
+    log_every: int = checks.field(100, checks.SIZE)
+    eval_every: int = checks.field(1_000, checks.SIZE)
+    eval_batches: int = checks.field(8, checks.SIZE)
+    checkpoint_every: int = checks.field(1_000, checks.SIZE)
 
     def __post_init__(self):
+        checks.validate(self)
         # A resumed run must restart at a logging boundary, or its first logged window of
-        # training metrics would average fewer steps than the straight run's.
+        # training metrics would average fewer steps than the straight run's; and every
+        # checkpoint then follows the training record of its own step, which is what lets
+        # a resume check that the history reaches the checkpoint (`runs.check_history`).
         if self.checkpoint_every % self.log_every:
-            raise ValueError("checkpoint_every must be a multiple of log_every")
+            raise checks.FieldError(
+                "checkpoint_every", f"({self.checkpoint_every}) must be a multiple of "
+                                    f"log_every ({self.log_every})", other="log_every")
 
 
 class TrainState(NamedTuple):
@@ -250,17 +263,27 @@ def fit(
     experiment: Mapping | None = None,
     masking: masks.HebbianMasking | None = None,
     start: Callable[[TrainState], TrainState] | None = None,
+    mode: str = "auto",
+    flag: str = "run_dir",
     print_fn: Callable[[str], None] = print,
 ) -> TrainState:
-    """Train ``model`` on ``task`` for ``config.steps`` steps, resuming from ``run_dir``.
+    """Train ``model`` on ``task`` for ``config.steps`` steps in ``run_dir``.
 
     Writes to ``run_dir`` (a :mod:`plastix.runs` run directory): ``config.json``
     (:func:`run_config`, with ``experiment`` describing the model and task),
     ``metrics.jsonl`` (one record per log / eval, ``{"step", "split", "loss", "accuracy",
-    ...}``) and ``checkpoint.msgpack`` (``{"step", "state": TrainState}``). A directory
-    with a checkpoint is resumed if its saved config equals this run's but for ``steps``,
-    and refused (ValueError naming the keys) otherwise. Returns the final
-    :class:`TrainState`.
+    ...}``) and ``checkpoint.msgpack`` (``{"step", "state": TrainState}``), each written
+    atomically or appended a line at a time. Returns the final :class:`TrainState`.
+
+    ``mode`` is what to do with a directory that already holds a run (`runs.claim`):
+    "auto" (the default) continues it, "resume" continues it and refuses a directory
+    without one, "new" refuses it, "overwrite" replaces it. A run is continued from its
+    checkpoint (or from the start, if it was stopped before its first) only if its saved
+    config equals this run's but for ``steps``, its metrics reach the checkpoint
+    (`runs.check_history`) and the checkpoint is not past ``config.steps``; otherwise
+    it is refused with a one-line ValueError naming the directory (as ``flag`` names it)
+    or the file. A finished run continued with the same ``steps`` returns its state at
+    once; with more, it is extended.
 
     ``masking`` trains with Hebbian masks (see the module docstring); the masks live in
     the optimiser state, so checkpoints and resume carry them. ``start`` maps the fresh
@@ -270,23 +293,26 @@ def fit(
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / runs.CHECKPOINT
-    resume = checkpoint_path.exists()
+    continues = runs.claim(run_dir, mode, flag=flag)
     cfg_dict = run_config(model, task, config, experiment, masking)
-    # config.json of runs from before this layout held the TrainConfig alone: only the
-    # training settings of such a run can be compared.
-    upgrade = lambda saved: saved if "train" in saved else {**cfg_dict, "train": saved}
-    runs.check_config(run_dir, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade)
-    runs.write_config(run_dir, cfg_dict)
+    if continues:
+        _check_resumable(run_dir, cfg_dict)
     log = runs.MetricsLog(run_dir / runs.METRICS, step_key="step")
 
     optimizer = make_optimizer(config.learning_rate, config.clip_norm, masking)
     init_key, data_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     state = init_state(init_key, model, example_inputs(task), optimizer)
-    if resume:
-        state, _ = runs.load_checkpoint(checkpoint_path, state)
-        print_fn(f"resumed from {checkpoint_path} at step {int(state.step)}")
-    elif start is not None:
-        state = start(state)
+    if continues and checkpoint_path.exists():
+        state, step = runs.load_checkpoint(checkpoint_path, state)
+        runs.check_history(log, step, config.steps)
+        print_fn(f"resumed from {checkpoint_path} at step {step} of {config.steps}")
+    else:
+        if continues:
+            print_fn(f"{run_dir} has no checkpoint yet: the run starts from the beginning")
+        if start is not None:
+            state = start(state)
+    # Only now, every check passed: a refused run leaves the directory as it was.
+    runs.write_config(run_dir, cfg_dict)
     log.truncate_to(int(state.step))  # the resumed run logs later steps again
 
     train_step, evaluate = _compiled_functions(model, task, config, masking)
@@ -310,6 +336,25 @@ def fit(
                      f"  acc {valid['accuracy']:.4f}")
             if not window:  # keep evaluation time out of the next steps/s figure
                 window_start = time.perf_counter()
+        # After the step's records: a kill between the two leaves records past the
+        # checkpoint, which the resumed run drops and logs again.
         if step % config.checkpoint_every == 0 or step == config.steps:
             runs.save_checkpoint(checkpoint_path, state, step)
     return state
+
+
+def _check_resumable(run_dir: Path, cfg_dict: dict) -> None:
+    """Refuse to continue the run ``run_dir`` holds unless it is this one: its saved config
+    equals ``cfg_dict`` but for `MAY_CHANGE_ON_RESUME` (`runs.check_config`), and a
+    checkpoint comes with the config that says whose it is."""
+    saved = runs.read_config(run_dir)
+    if saved is None:
+        if (run_dir / runs.CHECKPOINT).exists():
+            raise ValueError(f"{run_dir / runs.CHECKPOINT} has no {runs.CONFIG} beside it, so "
+                             f"whose run it is cannot be checked; move it away or start "
+                             f"afresh with --overwrite")
+        return
+    # config.json of runs from before this layout held the TrainConfig alone: only the
+    # training settings of such a run can be compared.
+    upgrade = lambda saved: saved if "train" in saved else {**cfg_dict, "train": saved}
+    runs.check_config(run_dir, cfg_dict, True, MAY_CHANGE_ON_RESUME, upgrade=upgrade)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import rules, train
+from plastix import cli, rules, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -254,5 +254,5 @@ def test_training_lowers_the_loss_on_its_batch():
                                   ["--lr", "-1"], ["--gap", "-1"], ["--arms", "lstm"]])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
-        pc.parse_args(argv)
+        cli.run(pc.parse_args, argv)
     assert "error:" in capsys.readouterr().err

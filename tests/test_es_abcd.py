@@ -11,8 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 
-TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2", "--generations", "2",
-        "--log-every", "1", "--eval-batch", "16"]
+# Flags of both outer loops; TINY adds the ES population.
+TINY_RUN = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "2",
+            "--log-every", "1", "--eval-batch", "16"]
+TINY = TINY_RUN + ["--pop", "4"]
 
 
 def with_flag(flags: list[str], name: str, value: str) -> list[str]:
@@ -49,7 +51,7 @@ def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
         (["--strategy", "NoSuchES"], "unknown ES strategy 'NoSuchES'"),
         (["--rule-out", "no_such_rule"], "unknown rule 'no_such_rule'"),
         (["--task", "no_such_task"], "no_such_task"),
-        (["--pop", "5"], "population must be even"),
+        (["--pop", "5"], "--pop must be even"),
     ],
 )
 def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
@@ -85,7 +87,7 @@ def test_delta_start_is_the_delta_rule():
         es_abcd.initial_mean(es_abcd.build_net(args, 37), args)
 
 
-def test_hidden_rules_start_at_init_hidden_eta():
+def test_hidden_rules_start_at_init_hidden_eta(capsys):
     """--init-hidden-eta sets the hidden layers' starting rate, not the readout's, through
     the log-rate mapping; a rate that is not finite and positive is named."""
     import numpy as np
@@ -102,8 +104,9 @@ def test_hidden_rules_start_at_init_hidden_eta():
         np.testing.assert_allclose(coeffs[layer]["eta"], 0.01, rtol=1e-6)
     np.testing.assert_allclose(coeffs["out"]["eta"], 1.0, rtol=1e-6)
     for bad in ("0", "-1", "nan", "inf"):
-        with pytest.raises(ValueError, match="--init-hidden-eta must be a finite rate > 0"):
-            es_abcd.run_config(es_abcd.parse_args(["--init-hidden-eta", bad]))
+        with pytest.raises(SystemExit):
+            es_abcd.parse_args(["--init-hidden-eta", bad])
+        assert "argument --init-hidden-eta: must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_changed_es_setting_but_not_a_changed_budget(tmp_path):
@@ -148,8 +151,10 @@ def _non_default(flags, kwargs):
         return [flags[0], "something_else"], "something_else"
     if kwargs["type"] is es_abcd._json_value:  # a field of a type given as JSON
         return [flags[0], "[1, 2]"], (1, 2)
-    value = kwargs["type"]((default or 1) * 2)
-    return [flags[0], str(value)], value
+    value = (default or 1) * 2
+    if not kwargs["type"].holds(value):  # a bounded field: a factor in (0, 1], say
+        value = default / 2
+    return [flags[0], str(value)], kwargs["type"](str(value))
 
 
 def test_every_es_config_field_has_a_flag():
@@ -209,7 +214,7 @@ def test_gradient_outer_loop_writes_the_same_run_directory_and_resumes(tmp_path)
     from plastix import metagrad
 
     out = str(tmp_path / "run")
-    grad = TINY + ["--outer", "gradient", "--grad-lr", "0.1"]
+    grad = TINY_RUN + ["--outer", "gradient", "--grad-lr", "0.1"]
     rows = es_abcd.main(grad + ["--out", out])
     assert rows[0]["model"] == "learned rule (gradient)"
     assert "Delta rule (readout)" in [r["model"] for r in rows]
@@ -220,7 +225,7 @@ def test_gradient_outer_loop_writes_the_same_run_directory_and_resumes(tmp_path)
         assert json.load(f)["outer"] == "gradient"
 
     # The same directory cannot be resumed by the other outer loop, nor with other settings.
-    with pytest.raises(ValueError, match=r"differs in: grad\.learning_rate, outer\)"):
+    with pytest.raises(ValueError, match=r"differs in: es\.population, grad\.learning_rate, outer\)"):
         es_abcd.main(TINY + ["--out", out, "--resume"])
     with pytest.raises(ValueError, match=r"differs in: grad\.learning_rate"):
         es_abcd.main(with_flag(grad, "--grad-lr", "0.2") + ["--out", out, "--resume"])
@@ -268,7 +273,7 @@ def test_es_runs_saved_before_the_gradient_loop_are_resumed_as_es_runs(tmp_path)
     runs.write_config(tmp_path, saved)
     runs.check_config(tmp_path, runs.config_dict(cfg), True, es_abcd.MAY_CHANGE_ON_RESUME,
                       upgrade=es_abcd.upgrade_config)
-    gradient, _ = es_abcd.parse_config(TINY + ["--out", str(tmp_path), "--outer", "gradient"])
-    with pytest.raises(ValueError, match=r"differs in: outer\)"):
+    gradient, _ = es_abcd.parse_config(TINY_RUN + ["--out", str(tmp_path), "--outer", "gradient"])
+    with pytest.raises(ValueError, match=r"differs in: es\.population, outer\)"):
         runs.check_config(tmp_path, runs.config_dict(gradient), True,
                           es_abcd.MAY_CHANGE_ON_RESUME, upgrade=es_abcd.upgrade_config)

@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from plastix import masks, runs, train
+from plastix import cli, masks, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -104,16 +104,16 @@ def test_tiny_experiment_on_the_embedded_corpus(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--digits-steps", "30"], "multiple of 2 x --log-every"),
-    (["--lm-lr", "0"], "--lm-lr must be finite and > 0"),
-    (["--rate", "-1"], "--rate must be finite and > 0"),
-    (["--curve-sparsities", "1.0"], "strictly between 0 and 1"),
+    (["--lm-lr", "0"], "--lm-lr: must be a finite number > 0"),
+    (["--rate", "-1"], "--rate: must be a finite number > 0"),
+    (["--curve-sparsities", "1.0"], "must be a finite number in (0, 1)"),
     (["--seeds", "0", "0"], "distinct"),
-    (["--corpus", "/no/such/file.txt"], "is not a file"),
-    (["--log-every", "0"], "--log-every must be >= 1"),
-    (["--folds", "1"], "--folds must be >= 2"),
+    (["--corpus", "/no/such/file.txt"], "--corpus /no/such/file.txt: no such file"),
+    (["--log-every", "0"], "--log-every: must be an integer >= 1"),
+    (["--folds", "1"], "--folds: must be an integer >= 2"),
 ])
 def test_bad_flags_are_refused_in_one_line(flags, message, capsys):
     with pytest.raises(SystemExit):
-        hebbian_masks.parse_args(flags)
+        cli.run(hebbian_masks.parse_args, flags)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error

@@ -207,16 +207,16 @@ def test_one_and_four_devices_agree():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"learning_rate": 0.0}, "learning_rate must be finite and > 0"),
-    ({"learning_rate": float("nan")}, "learning_rate must be finite and > 0"),
-    ({"clip_norm": -1.0}, "clip_norm must be finite and > 0"),
-    ({"batch": 0}, "batch must be >= 1"),
-    ({"truncation": 0}, "truncation must be >= 1"),
-    ({"checkpoint_every": -2}, "checkpoint_every must be >= 1"),
-    ({"l2_penalty": -1.0}, "l2_penalty must be finite and >= 0"),
+    ({"learning_rate": 0.0}, "gradient learning_rate must be a finite number > 0, got 0.0"),
+    ({"learning_rate": float("nan")}, "gradient learning_rate must be a finite number > 0"),
+    ({"clip_norm": -1.0}, "gradient clip_norm must be a finite number > 0"),
+    ({"batch": 0}, "gradient batch must be an integer >= 1, got 0"),
+    ({"truncation": 0}, "gradient truncation must be an integer >= 1"),
+    ({"checkpoint_every": -2}, "gradient checkpoint_every must be an integer >= 1"),
+    ({"l2_penalty": -1.0}, "gradient l2_penalty must be a finite number >= 0"),
     ({"l2_reduce": "max"}, "unknown l2_reduce 'max'"),
-    ({"lr_decay": 1.5}, "lr_decay must be in (0, 1]"),
-    ({"lr_min": 1.0}, "lr_min must be in [0, learning_rate]"),
+    ({"lr_decay": 1.5}, "gradient lr_decay must be a finite number in (0, 1]"),
+    ({"lr_min": 1.0}, "gradient lr_min (1) must not exceed gradient learning_rate (0.01)"),
 ])
 def test_bad_gradient_configuration_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")

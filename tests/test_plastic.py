@@ -109,9 +109,9 @@ def test_reward_modulation_and_granularity_shapes():
         ({"normalise": "softmax"}, "unknown normalise 'softmax'"),
         ({"granularity": "layer"}, "unknown granularity 'layer'"),
         ({"hidden_size": 0}, "hidden_size"),
-        ({"init_scale": -0.1}, "init_scale=-0.1"),
-        ({"init_scale": float("nan")}, "init_scale=nan"),
-        ({"weight_noise": -1.0}, "weight_noise=-1.0"),
+        ({"init_scale": -0.1}, "init_scale must be a finite number >= 0, got -0.1"),
+        ({"init_scale": float("nan")}, "init_scale must be a finite number >= 0, got nan"),
+        ({"weight_noise": -1.0}, "weight_noise must be a finite number >= 0, got -1.0"),
     ],
 )
 def test_bad_configuration_is_named(kwargs, message):

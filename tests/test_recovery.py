@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import evolve, recovery, rules
+from plastix import cli, evolve, recovery, rules
 
 # Small recordings; the experiment's smoke test below uses the same shapes, so it reuses
 # the compiled fit.
@@ -219,5 +219,5 @@ def test_the_experiment_writes_its_report(tmp_path, capsys):
                 ["--adam-steps", "0", "--lbfgs-steps", "0"],
                 ["--strategy", "Open_ES", "--population", "7"]):
         with pytest.raises(SystemExit):
-            rule_recovery.main(bad + ["--out", str(tmp_path)])
+            cli.run(rule_recovery.main, bad + ["--out", str(tmp_path)])
     assert "error:" in capsys.readouterr().err

@@ -155,11 +155,12 @@ def test_killed_and_resumed_es_run_equals_an_uninterrupted_one(tmp_path):
             return f.read()
 
     assert read(killed, runs.CHECKPOINT) == read(straight, runs.CHECKPOINT)
-    logs = [runs.MetricsLog(os.path.join(d, runs.METRICS)).read() for d in (straight, killed)]
+    logs = [runs.MetricsLog(os.path.join(d, runs.METRICS), step_key="generation").read()
+            for d in (straight, killed)]
     assert _without_timing(logs[1]) == _without_timing(logs[0]) == _without_timing(history)
     assert [r["generation"] for r in history] == [2, 4]
 
     # Started afresh (no resume) in the same directory, the old checkpoint goes at once.
     evolve.evolve(evolution, seed=1, generations=0, out_dir=killed)
     assert not os.path.exists(os.path.join(killed, runs.CHECKPOINT))
-    assert runs.MetricsLog(os.path.join(killed, runs.METRICS)).read() == []
+    assert runs.MetricsLog(os.path.join(killed, runs.METRICS), step_key="generation").read() == []

@@ -16,10 +16,13 @@ from plastix import curves  # noqa: E402
 
 LENGTHS = (20, 60)
 TINY = ["--lengths", *map(str, LENGTHS), "--test-chars", "120", "--min-windows", "3",
-        "--hidden", "6", "--train-length", "20", "--batch", "2", "--rule-updates", "2",
-        "--prior-updates", "2", "--seeds", "0", "--backprop-lrs", "0.01", "--lstm-hidden", "6",
-        "--lstm-steps", "2", "--lstm-batch", "2", "--log-every", "2", "--chunk", "16",
         "--no-plots"]
+# Each part's own flags (a flag that a chosen part does not read is refused).
+NETWORKS = ["--hidden", "6", "--train-length", "20", "--batch", "2", "--log-every", "2",
+            "--chunk", "16"]
+RULES = [*NETWORKS, "--rule-updates", "2"]
+PRIORS = [*NETWORKS, "--prior-updates", "2", "--seeds", "0", "--backprop-lrs", "0.01"]
+LSTM = ["--lstm-hidden", "6", "--lstm-steps", "2", "--lstm-batch", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def ngram_rows(results: dict) -> list[dict]:
 
 def test_rules_and_ngrams_report_and_are_read_back(corpus, tmp_path):
     out = str(tmp_path / "text")
-    argv = ["--corpus", corpus, "--out", out, *TINY, "--parts", "ngrams", "rules",
+    argv = ["--corpus", corpus, "--out", out, *TINY, *RULES, "--parts", "ngrams", "rules",
             "--cells", "readout_only"]
     results = text.main(argv)
     report = open(os.path.join(out, "report.md")).read()
@@ -80,8 +83,8 @@ def test_rules_and_ngrams_report_and_are_read_back(corpus, tmp_path):
 @pytest.mark.slow
 def test_prior_and_lstm_parts_run_and_report(corpus, tmp_path):
     out = str(tmp_path / "text")
-    results = text.main(["--corpus", corpus, "--out", out, *TINY, "--parts", "priors", "lstm",
-                         "--cells", "rnn_learned_w0"])
+    results = text.main(["--corpus", corpus, "--out", out, *TINY, *PRIORS, *LSTM, "--parts",
+                         "priors", "lstm", "--cells", "rnn_learned_w0"])
     report = open(os.path.join(out, "report.md")).read()
     for expected in ("(ii) With meta-learned priors", "non-plastic RNN, learned weights",
                      "LSTM 6 (backprop)", "The backprop LSTM at full strength"):
@@ -91,12 +94,12 @@ def test_prior_and_lstm_parts_run_and_report(corpus, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--lengths", "2000"], "fewer than the 2001 a window of seq_len=2000 needs"),
-    (["--cells", "nope"], "--cells: unknown"),
-    (["--hidden", "0"], "--hidden must be >= 1"),
-    (["--grad-lr", "nan"], "--grad-lr must be a finite rate"),
+    (["--cells", "nope"], "--cells has unknown names ['nope']"),
+    (["--hidden", "0"], "--hidden: must be an integer >= 1"),
+    (["--grad-lr", "nan"], "--grad-lr: must be a finite number > 0"),
 ])
 def test_bad_input_is_named(corpus, tmp_path, flags, message, capsys):
-    argv = ["--corpus", corpus, "--out", str(tmp_path / "x"), *TINY, *flags]
+    argv = ["--corpus", corpus, "--out", str(tmp_path / "x"), *TINY, *RULES, *flags]
     try:
         text.main(argv)
     except SystemExit:

@@ -129,3 +129,36 @@ def test_fast_weights_train_refuses_a_run_directory_of_other_settings(tmp_path, 
 def test_config_rejects_checkpoints_off_the_logging_grid():
     with pytest.raises(ValueError, match="multiple of log_every"):
         train.TrainConfig(log_every=100, checkpoint_every=150)
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", 0),
+                                          ("learning_rate", float("nan")), ("clip_norm", 0.0),
+                                          ("log_every", -1), ("eval_batches", 0),
+                                          ("seed", 1.5)])
+def test_config_refuses_a_setting_out_of_its_bound_by_name(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        train.TrainConfig(**{field: value})
+
+
+def test_fit_modes_never_mix_or_lose_a_run(tmp_path):
+    model, task, config = _small_run()
+    config = dataclasses.replace(config, steps=10)
+    quiet = dict(print_fn=lambda _: None)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train.fit(model, task, config, tmp_path / "none", mode="resume", **quiet)
+    train.fit(model, task, config, tmp_path, **quiet)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train.fit(model, task, config, tmp_path, mode="new", **quiet)
+    other = dataclasses.replace(config, learning_rate=0.1)
+    state = train.fit(model, task, other, tmp_path, mode="overwrite", **quiet)
+    assert int(state.step) == 10 and runs.read_config(tmp_path)["train"]["learning_rate"] == 0.1
+
+    # A run stopped before its first checkpoint is still its directory's run: another's
+    # settings are refused there, its own start it again from the beginning.
+    (tmp_path / runs.CHECKPOINT).unlink()
+    with pytest.raises(ValueError, match=r"train\.learning_rate"):
+        train.fit(model, task, config, tmp_path, **quiet)
+    said = []
+    train.fit(model, task, other, tmp_path, print_fn=said.append)
+    assert said[0].endswith("has no checkpoint yet: the run starts from the beginning")
+    assert [r["step"] for r in _metrics(tmp_path)] == [5, 10, 10]
