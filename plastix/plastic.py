@@ -538,6 +538,25 @@ def _step(net: PlasticRNN, layers: dict[str, Synapses], neuromod: dict | None, n
     return Carry(new_stores, h, baseline), out
 
 
+def check_tokens(net: PlasticRNN, inputs, targets) -> None:
+    """Raises ValueError unless ``inputs`` and ``targets`` are ``(B, T)`` token ids below
+    ``net.vocab_size`` (a larger id is a zero one-hot row and a NaN loss, not an error).
+
+    The values are checked only where they are known (outside ``jit``); shapes always.
+    """
+    for name, tokens in (("inputs", inputs), ("targets", targets)):
+        if jnp.ndim(tokens) != 2:
+            raise ValueError(f"{name} must be (batch, time) token ids, got shape "
+                             f"{jnp.shape(tokens)}")
+        if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+            continue
+        low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+        if low < 0 or high >= net.vocab_size:
+            raise ValueError(f"{name} hold token ids {low}..{high}, outside the network's "
+                             f"vocabulary 0..{net.vocab_size - 1}: build the PlasticRNN with "
+                             f"the task's vocab_size")
+
+
 def lifetime_start(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, targets,
                    mask, dense: bool = False) -> tuple[Carry, tuple]:
     """``(carry, xs)``: the state of B lifetimes at birth and the per-step inputs of the
@@ -546,6 +565,7 @@ def lifetime_start(net: PlasticRNN, params: dict, draws: LifetimeDraws, inputs, 
     With `lifetime_step` this is the lifetime as a ``lax.scan``, for callers that cut it
     into windows (`run_lifetimes` scans it whole).
     """
+    check_tokens(net, inputs, targets)
     layers = layer_synapses(net, params, dense)
     w0 = start_weights(net, params, draws)
     batch, length = inputs.shape

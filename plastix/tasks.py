@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plastix import checks
+
 SPLITS = ("train", "valid", "test")
 BA2016_SPLIT_SIZES = (100_000, 10_000, 20_000)
 
@@ -108,6 +110,8 @@ def _batched(sample_one: Callable) -> Callable:
     """
 
     def sample(key, batch, split="train"):
+        # An empty batch would score as a NaN mean, or as 0 where a caller sums.
+        checks.SIZE.check("batch", batch)
         split_key = jax.random.fold_in(key, _check_split(split))
         keys = jax.random.split(split_key, batch)
         return jax.vmap(lambda k: sample_one(k, split))(keys)

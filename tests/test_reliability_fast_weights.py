@@ -77,6 +77,8 @@ def _prepare(tmp: Path, run: Path) -> dict[str, str]:
              "latin1": tmp / "latin1.txt", "empty": tmp / "empty"}
     paths["file"].write_text("not a directory\n")
     paths["latin1"].write_bytes(LATIN1)
+    paths["corpus"] = tmp / "corpus.txt"  # the default corpus, beside the repository, may be missing
+    paths["corpus"].write_text("the cat sat on the mat\n" * 100)
     paths["empty"].mkdir()
     for name in ("run", "garbled", "nockpt", "badjson", "nometrics", "noconfig", "foreign"):
         paths[name] = tmp / name
@@ -175,7 +177,8 @@ BAD_INPUTS = [
     (["charlm", "--runs", "{tmp}/r", "--corpus", "{latin1}"], "{latin1} is not UTF-8"),
     (["charlm", "--eval-batches", "0"], "--eval-batches"),
     (["charlm", "--hidden", "0"], "--hidden"),
-    (["charlm", "--runs", "{tmp}/r", "--results", "{file}"], "--results {file}"),
+    (["charlm", "--runs", "{tmp}/r", "--corpus", "{corpus}", "--results", "{file}"],
+     "--results {file}"),
     # the command itself
     ([], "command"),
     (["fit"], "fit"),

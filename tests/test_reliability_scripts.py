@@ -22,6 +22,7 @@ import ab_old_kernel  # noqa: E402
 import bench_es  # noqa: E402
 import bench_fast_weights  # noqa: E402
 import bench_tasks  # noqa: E402
+import check_readme  # noqa: E402
 import compare_outer  # noqa: E402
 import compare_torch  # noqa: E402
 import hebbian_masks  # noqa: E402
@@ -61,7 +62,9 @@ def _snapshot(directory: str) -> dict[str, bytes]:
             for p in sorted(Path(directory).rglob("*"))}
 
 
-TEXT = ["--corpus", "{corpus}"]  # text.py's cases read a corpus that exists
+# The cases read a corpus that exists: the default one, beside the repository, may not.
+TEXT = CORPUS = ["--corpus", "{corpus}"]
+TEXT_PATH = ["--text-path", "{corpus}"]
 OLD = ["--old-checkout", "{tmp}"]  # a directory that holds no old kernel
 BAD_INPUTS = {
     compare_outer: [
@@ -70,12 +73,12 @@ BAD_INPUTS = {
         (["--budget-s", "-5"], "--budget-s"),
         (["--eval-batch", "0"], "--eval-batch"),
         (["--seeds", "1.5"], "--seeds"),
-        (["--seeds", "0", "0"], "--seeds"),
+        ([*TEXT_PATH, "--seeds", "0", "0"], "--seeds"),
         (["--presets", "bogus"], "--presets"),
         (["--presets", "assoc", "assoc"], "--presets"),
         (["--presets", "assoc", "--text-path", "{corpus}"], "--text-path"),
         (["--presets", "text", "--text-path", "{missing}"], "--text-path {missing}"),
-        (["--out", "{file}"], "--out {file} is a file"),
+        ([*TEXT_PATH, "--out", "{file}"], "--out {file} is a file"),
         (["--budget", "3"], "--budget"),
     ],
     text: [
@@ -105,7 +108,7 @@ BAD_INPUTS = {
         (["--rate", "-1"], "--rate"),
         (["--curve-sparsities", "1.0"], "--curve-sparsities"),
         (["--curve-sparsities", "0"], "--curve-sparsities"),
-        (["--seeds", "0", "0"], "--seeds"),
+        ([*CORPUS, "--seeds", "0", "0"], "--seeds"),
         (["--folds", "1"], "--folds"),
         (["--cnn-channels", "8"], "--cnn-channels"),
         (["--cnn-channels", "0", "4"], "--cnn-channels"),
@@ -118,8 +121,8 @@ BAD_INPUTS = {
         (["--data-dir", "{tmp}"], "--data-dir"),
         (["--parts", "lm", "--corpus", "{missing}"], "--corpus {missing}"),
         (["--settings", "nope"], "--settings"),
-        (["--quick", "--out", "{file}"], "--out {file} is a file"),
-        (["--report-only", "--out", "{missing}"], "--out {missing}"),
+        (["--quick", *CORPUS, "--out", "{file}"], "--out {file} is a file"),
+        (["--report-only", *CORPUS, "--out", "{missing}"], "--out {missing}"),
     ],
     local_learning: [
         (["--epochs", "0"], "--epochs"),
@@ -191,6 +194,10 @@ BAD_INPUTS = {
         (["--batch", "0"], "--batch"),
         (["--seq-len", "-1"], "--seq-len"),
     ],
+    check_readme: [
+        (["--only", "no_such_check"], "--only"),
+        (["--only"], "--only"),
+    ],
     bench_fast_weights: [
         (["--out", "{tmp}"], "--out {tmp} is a directory"),
         (["--out", "{file}/report.json"], "--out {file}"),
@@ -223,7 +230,7 @@ def test_the_table_covers_every_script():
         *(name[:-3] for name in os.listdir(os.path.join(ROOT, "benchmarks"))
           if name.endswith(".py")),
         "compare_outer", "text", "hebbian_masks", "local_learning", "pattern_completion",
-        "rule_recovery"}
+        "rule_recovery", "check_readme"}
 
 
 def test_compare_torch_help_needs_no_torch(capsys):

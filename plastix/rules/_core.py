@@ -275,11 +275,16 @@ def _no_state(w):
 
 
 def check_inputs(name: str, w, pre, post, mod) -> None:
-    """Raises ValueError unless ``w``, ``pre``, ``post`` and ``mod`` have matching shapes.
+    """Raises ValueError unless ``w``, ``pre``, ``post`` and ``mod`` have matching shapes
+    and ``w`` is floating point.
 
     ``w (n_post, n_pre)``, ``pre (n_pre,)``, ``post (n_post,)``; ``mod`` None, a scalar,
     ``(n_post,)``, or a tuple of arrays that the rule reading it checks itself.
     """
+    # dw is returned in w's dtype: integer weights would round every update to 0.
+    if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
+        raise ValueError(f"rule {name!r}: w must be floating point, got {jnp.result_type(w)} "
+                         f"(an integer w would round every update to 0)")
     w_shape = jnp.shape(w)
     if len(w_shape) != 2:
         raise ValueError(f"rule {name!r}: w must be (n_post, n_pre), got shape {w_shape}")
