@@ -53,9 +53,10 @@ def _default_rows(report: dict) -> list[str]:
               "random coefficients": "random coefficients (median of 8)"}
     lines = [_table_row(label, rows[model]) for model, label in labels.items()]
     # The hand rules' rows carry the rate chosen on validation, as the README prints it.
-    for model in ("Hebb (readout)", "Delta rule (readout)"):
+    for model, label in (("Hebb (readout)", "Hebb (readout)"),
+                         ("Delta rule (readout)", "delta rule (readout)")):
         eta = ast.literal_eval(rows[model]["note"].removeprefix("best on valid: "))["eta"]
-        lines.append(_table_row(f"{model}, η = {eta:g}", rows[model]))
+        lines.append(_table_row(f"{label}, η = {eta:g}", rows[model]))
     return lines
 
 
