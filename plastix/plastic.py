@@ -46,6 +46,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from plastix import checks
 from plastix import rules as rules_lib
@@ -550,7 +551,9 @@ def check_tokens(net: PlasticRNN, inputs, targets) -> None:
                              f"{jnp.shape(tokens)}")
         if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
             continue
-        low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+        # On the host: under a trace, any jax op, even on a known array, gives a tracer.
+        values = np.asarray(tokens)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= net.vocab_size:
             raise ValueError(f"{name} hold token ids {low}..{high}, outside the network's "
                              f"vocabulary 0..{net.vocab_size - 1}: build the PlasticRNN with "
