@@ -21,9 +21,10 @@ Writes to --out (a plastix.runs run directory): config.json (the RunConfig: task
 es, seed, ...), metrics.jsonl, checkpoint.msgpack, report.json, report.md and plots
 (fitness.png, coefficients.png, weights.png). --resume refuses a directory whose
 config.json differs in anything but --generations, --chunk-size, --memory-budget-mb,
---out and --no-plots. Every field of plastix.evolve.ESConfig has a flag (see the ES group
-below; a bool field F is --F / --no-F), and so has every field of plastix.metagrad.GradConfig
-(the gradient group; --batch, --eval-batch, --l2 and --l2-reduce serve both outer loops).
+--out, --no-plots and --report (--report rule writes the learned rule's row alone).
+Every field of plastix.evolve.ESConfig has a flag (see the ES group below; a bool field F
+is --F / --no-F), and so has every field of plastix.metagrad.GradConfig (the gradient
+group; --batch, --eval-batch, --l2 and --l2-reduce serve both outer loops).
 --generations counts ES generations or gradient updates.
 """
 
@@ -93,7 +94,9 @@ REPORT_FILES = ("report.md", "report.json", "fitness.png", "coefficients.png", "
 # only on the generation index, so a finished run resumed with more generations equals one
 # run for that many from the start), how the population is chunked (memory, not results),
 # where the directory lives and whether plots are drawn.
-MAY_CHANGE_ON_RESUME = ("generations", "es.chunk_size", "es.memory_budget", "out", "plots")
+MAY_CHANGE_ON_RESUME = ("generations", "es.chunk_size", "es.memory_budget", "out", "plots",
+                        "report")
+REPORTS = ("full", "rule")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +144,7 @@ class RunConfig:
       log_every: generations per logged, checkpointed block.
       out: the run directory.
       plots: draw fitness.png, coefficients.png and weights.png.
+      report: "full" scores the baselines beside the learned rule, "rule" only it.
     """
 
     task: TaskConfig
@@ -155,6 +159,7 @@ class RunConfig:
     log_every: int = 10
     out: str = "runs/es_abcd"
     plots: bool = True
+    report: str = "full"
 
 
 def _mebibytes(text: str) -> int:
@@ -304,6 +309,9 @@ def parser() -> cli.Parser:
                         help="replace the run --out holds (without either, a directory that "
                              "holds a run is refused)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--report", default="full", choices=REPORTS,
+                   help="full: the learned rule beside the baselines (hand rules, random "
+                        "coefficients, plasticity off, n-grams); rule: its own row only")
     p.add_argument("--outer", default="es", choices=tuple(OUTER_LOOPS),
                    help="what learns the rule: ES (evosax) or gradient descent through the "
                         "lifetime (optax); the same network, loss and starting point")
@@ -413,7 +421,7 @@ def run_config(args) -> RunConfig:
                      init_mean=args.init_mean, init_hidden_eta=args.init_hidden_eta,
                      seed=args.seed,
                      generations=args.generations, log_every=args.log_every, out=args.out,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, report=args.report)
 
 
 def run_mode(args) -> str:
@@ -532,10 +540,17 @@ def score(net, task, params, key, split, batch) -> tuple[float, float]:
     return float(nll), float(acc)
 
 
+def result_row(label: str, nll: float, accuracy: float, note: str = "") -> dict:
+    """One row of a report: a model's held-out NLL (nats and bits per token) and accuracy."""
+    return {"model": label, "test_nll": nll, "test_bits": nll / math.log(2),
+            "test_accuracy": accuracy, "note": note}
+
+
 def build_report(outer, evolved_params: dict, eval_batch: int,
-                 label: str = "evolved rule") -> list[dict]:
-    """Held-out (test split) comparison of the learned rule (``label``) with the baselines;
-    ``outer`` is the run's `evolve.Evolution` or `metagrad.MetaGradient`.
+                 label: str = "evolved rule", baselines: bool = True) -> list[dict]:
+    """Held-out (test split) comparison of the learned rule (``label``) with the baselines
+    (without ``baselines``: its row alone); ``outer`` is the run's `evolve.Evolution` or
+    `metagrad.MetaGradient`.
 
     Hand rules take their best eta/decay on the validation split, then are
     scored on the test split like everything else.
@@ -544,11 +559,12 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
     test_key = jax.random.key(TEST_KEY)
 
     def row(label, row_net, params, note=""):
-        nll, acc = score(row_net, task, params, test_key, "test", eval_batch)
-        return {"model": label, "test_nll": nll, "test_bits": nll / math.log(2),
-                "test_accuracy": acc, "note": note}
+        return result_row(label, *score(row_net, task, params, test_key, "test", eval_batch),
+                          note)
 
     rows = [row(label, net, evolved_params)]
+    if not baselines:
+        return rows
     frozen = dataclasses.replace(net, layer_rules=())
     rows.append(row("plasticity off", frozen, {"coeffs": {}, **_w0(evolved_params)}))
     draws = [score(net, task, random_coefficients(evolved_params, jax.random.key(1000 + i)),
@@ -717,6 +733,29 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
 
 # --- main ---------------------------------------------------------------------------
 
+LEARNED_LABELS = {"es": "evolved rule", "gradient": "learned rule (gradient)"}
+
+
+def write_report(cfg: RunConfig, task, net, rows: list[dict], learned: dict,
+                 seconds: float) -> tuple[str, dict]:
+    """Write a finished run's ``report.md`` and ``report.json`` into ``cfg.out``.
+
+    Returns the report's text and the learned coefficients as the rules read them
+    (eta, not log eta).
+    """
+    report = format_report(rows, task, cfg.es.eval_batch)
+    effective = jax.device_get(plastic.rule_coeffs(net, learned))
+    pattern = delta_sign_pattern({"coeffs": effective})
+    if pattern is not None:
+        report += "\n\n" + pattern
+    runs.write_text(os.path.join(cfg.out, "report.md"), report + "\n")
+    runs.write_json(os.path.join(cfg.out, "report.json"), {
+        "rows": rows, "seconds": seconds, "outer": cfg.outer,
+        "test_split": {"sequences": cfg.es.eval_batch, "key": TEST_KEY},
+        "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(), effective)})
+    return report, effective
+
+
 
 def make_outer(cfg: RunConfig):
     """The outer loop of a run: an `evolve.Evolution` or a `metagrad.MetaGradient` on the
@@ -725,7 +764,7 @@ def make_outer(cfg: RunConfig):
     # directory, which it does not read), so that runs of one configuration in one
     # process -- a resume, the cells of an experiment, a notebook -- compile once.
     return _build_outer(dataclasses.replace(cfg, out="", generations=0, log_every=1,
-                                            plots=False))
+                                            plots=False, report="full"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -813,21 +852,12 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     outer, history, learned = run_outer(cfg, mode)
     task, net = outer.task, outer.net
-    rows = build_report(outer, learned, cfg.es.eval_batch,
-                        label="evolved rule" if cfg.outer == "es" else "learned rule (gradient)")
-    report = format_report(rows, task, cfg.es.eval_batch)
-    effective = jax.device_get(plastic.rule_coeffs(net, learned))  # eta, not log(eta)
-    pattern = delta_sign_pattern({"coeffs": effective})
-    if pattern is not None:
-        report += "\n\n" + pattern
+    rows = build_report(outer, learned, cfg.es.eval_batch, label=LEARNED_LABELS[cfg.outer],
+                        baselines=cfg.report == "full")
+    report, effective = write_report(cfg, task, net, rows, learned, time.perf_counter() - t0)
     print("\n" + report)
     what = "ES mean" if cfg.outer == "es" else "after the last update"
     print(f"\nlearned coefficients ({what}): {jax.tree.map(summarise, effective)}")
-    runs.write_text(os.path.join(cfg.out, "report.md"), report + "\n")
-    runs.write_json(os.path.join(cfg.out, "report.json"), {
-        "rows": rows, "seconds": time.perf_counter() - t0, "outer": cfg.outer,
-        "test_split": {"sequences": cfg.es.eval_batch, "key": TEST_KEY},
-        "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(), effective)})
     if cfg.plots:
         save_plots(cfg.out, history, outer, learned)
     print(f"\nwrote {cfg.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "

@@ -24,6 +24,7 @@ import os
 import warnings
 
 import jax
+import numpy as np
 
 _FORCE_FLAG = "xla_force_host_platform_device_count"
 
@@ -72,3 +73,19 @@ def shard_population() -> bool:
     """Whether ask and tell hold the population split over the devices (GPU/TPU), or
     whole on every device while only its evaluation is split (CPU)."""
     return jax.default_backend() != "cpu"
+
+
+def replicate(tree, sharding):
+    """``tree`` whole on every device of ``sharding``, which may span processes: then every
+    process must pass the same values, which go through the host, each process filling
+    its own devices (``jax.make_array_from_callback``)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)

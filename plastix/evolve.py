@@ -228,12 +228,19 @@ def noise_table_size(cfg: ESConfig, dims: int) -> int:
     return max(min(max(per_parameter, 2**20), 2**28), 2 * dims)
 
 
-def make_strategy(cfg: ESConfig, solution: Any):
-    """Build the evosax algorithm and its params for a solution template pytree."""
+def build_strategy(cfg: ESConfig, solution: Any, lr=None, sigma=None):
+    """The evosax algorithm of ``cfg`` for a solution template pytree.
+
+    ``lr``, ``sigma``: the step size and search std to start from in place of ``cfg.lr``
+    and ``cfg.sigma``; they may be traced values (a sweep maps one compiled program over
+    cells that differ in them) where ``cfg.floor_mode`` is "clamp".
+    """
+    lr = cfg.lr if lr is None else lr
+    sigma = cfg.sigma if sigma is None else sigma
     kwargs: dict[str, Any] = {}
     if _accepts(cfg.strategy, "optimizer"):
         kwargs["optimizer"] = OPTIMIZERS[cfg.optimizer](
-            decay_schedule(cfg.lr, cfg.lr_decay, cfg.lr_min, cfg.floor_mode)
+            decay_schedule(lr, cfg.lr_decay, cfg.lr_min, cfg.floor_mode)
         )
     strategy_cls = STRATEGIES[cfg.strategy]
     table_size = noise_table_size(cfg, sum(jnp.size(x) for x in jax.tree.leaves(solution)))
@@ -242,18 +249,26 @@ def make_strategy(cfg: ESConfig, solution: Any):
         kwargs["table_size"] = table_size
     if _accepts(cfg.strategy, "std_schedule"):
         kwargs["std_schedule"] = decay_schedule(
-            cfg.sigma, cfg.sigma_decay, cfg.sigma_min, cfg.floor_mode)
+            sigma, cfg.sigma_decay, cfg.sigma_min, cfg.floor_mode)
         if not cfg.sigma_lag:
             strategy_cls = _std_on_schedule(strategy_cls)
     if _accepts(cfg.strategy, "use_antithetic_sampling"):
         kwargs["use_antithetic_sampling"] = cfg.antithetic
     if cfg.fitness_shaping != "default":
         kwargs["fitness_shaping_fn"] = FITNESS_SHAPINGS[cfg.fitness_shaping]
-    strategy = strategy_cls(cfg.population, solution, **kwargs)
-    es_params = strategy.default_params
-    if hasattr(es_params, "std_init"):  # strategies without a schedule start at sigma
-        es_params = es_params.replace(std_init=cfg.sigma)
-    return strategy, es_params
+    return strategy_cls(cfg.population, solution, **kwargs)
+
+
+def start_params(es_params, sigma):
+    """``es_params`` searching from std ``sigma``: strategies without a std schedule start
+    at their ``std_init``."""
+    return es_params.replace(std_init=sigma) if hasattr(es_params, "std_init") else es_params
+
+
+def make_strategy(cfg: ESConfig, solution: Any):
+    """Build the evosax algorithm and its params for a solution template pytree."""
+    strategy = build_strategy(cfg, solution)
+    return strategy, start_params(strategy.default_params, cfg.sigma)
 
 
 def contain_nonfinite(fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -347,6 +362,8 @@ class Evolution:
     cfg: ESConfig
     mesh: Mesh
     solution: Any
+    # (lr, sigma, es_params) in place of the config's: see `at_rates`.
+    rates: tuple | None = None
 
     @functools.cached_property
     def _flat(self):
@@ -358,10 +375,14 @@ class Evolution:
 
     @functools.cached_property
     def _strategy(self):
+        if self.rates is not None:
+            lr, sigma, es_params = self.rates
+            strategy = build_strategy(self.cfg, self._flat[0], lr, sigma)
+            return strategy, start_params(es_params, sigma)
         strategy, es_params = make_strategy(self.cfg, self._flat[0])
         # Whole on every device of the mesh once, not copied there by every `run` call
         # (a noise table is tens of MB).
-        return strategy, jax.device_put(es_params, self._whole_on_every_device)
+        return strategy, devices_lib.replicate(es_params, self._whole_on_every_device)
 
     @property
     def strategy(self):
@@ -371,9 +392,22 @@ class Evolution:
     def es_params(self):
         return self._strategy[1]
 
-    def init(self, key: jax.Array):
-        """The ES state, its mean at the solution template (the rule's defaults)."""
-        return self.strategy.init(key, self._flat[0], self.es_params)
+    def at_rates(self, lr, sigma, es_params=None) -> Evolution:
+        """This run with step size ``lr`` and search std ``sigma`` in place of the config's.
+
+        They may be traced values, so that one compiled program maps over runs that
+        differ only in them (``experiments/sweep.py``); ``cfg.floor_mode`` must then be
+        "clamp". ``es_params`` (default ``self.es_params``) are taken as they are, so a
+        shared noise table is not drawn again inside the trace.
+        """
+        es_params = self.es_params if es_params is None else es_params
+        return dataclasses.replace(self, rates=(lr, sigma, es_params))
+
+    def init(self, key: jax.Array, start=None):
+        """The ES state, its mean at ``start`` (an ``init_params`` pytree of the solution's
+        structure; default the solution template, the rule's defaults)."""
+        mean = self._flat[0] if start is None else ravel_pytree(start)[0]
+        return self.strategy.init(key, mean, self.es_params)
 
     def mean(self, state):
         """The search mean as an ``init_params`` pytree."""
@@ -387,8 +421,8 @@ class Evolution:
         """``state`` as a block of `run` returns it: strong dtypes, whole on every device of
         the mesh. The initial state is weakly typed on one device and a loaded one is
         neither, so each would otherwise compile the block again."""
-        return jax.tree.map(
-            lambda x: jax.device_put(jnp.asarray(x, x.dtype), self._whole_on_every_device), state)
+        return devices_lib.replicate(jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state),
+                                     self._whole_on_every_device)
 
     @functools.cached_property
     def _whole_on_every_device(self) -> NamedSharding:
@@ -555,6 +589,32 @@ def finite_or_none(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def block_record(evolution: Evolution, generation: int, metrics: dict, valid, seconds: float,
+                 lifetimes: int) -> dict:
+    """The logged record of one block of generations ending at ``generation``.
+
+    ``metrics``: `Evolution.generation`'s, stacked over the block's generations;
+    ``valid``: the held-out ``(nll, accuracy)`` of the ES mean after it; ``seconds``: the
+    block's wall time, in which ``lifetimes`` lifetimes ran (the speed fields).
+    """
+    valid_nll, valid_acc = valid
+    updates = lifetimes * plastic.synapse_updates_per_lifetime(evolution.net,
+                                                               evolution.task.seq_len)
+    return {
+        "generation": generation,
+        **{k: finite_or_none(v[-1]) for k, v in metrics.items() if k != "nonfinite"},
+        "nonfinite": int(np.sum(metrics["nonfinite"])),
+        "finite_members": evolution.cfg.population - int(metrics["nonfinite"][-1]),
+        "valid_nll": finite_or_none(valid_nll),
+        "valid_accuracy": float(valid_acc),
+        "seconds": seconds,
+        "lifetimes_per_s": lifetimes / seconds,
+        # Whole generations (ask, every lifetime, tell) per second, in the unit of
+        # benchmarks/bench_es.py: plastic synapses times lifetime steps.
+        "synapse_updates_per_s": updates / seconds,
+    }
+
+
 def evolve(
     evolution: Evolution,
     seed: int,
@@ -583,31 +643,15 @@ def evolve(
     """
     init_key, run_key = jax.random.split(jax.random.key(seed))
     eval_key = jax.random.key(eval_seed)
-    updates_per_lifetime = plastic.synapse_updates_per_lifetime(evolution.net,
-                                                                evolution.task.seq_len)
 
     def advance(state, generation, block):
         t0 = time.perf_counter()
         state, metrics = evolution.run(state, run_key, generation, block)
         jax.block_until_ready(state)
         seconds = time.perf_counter() - t0
-        lifetimes = block * evolution.cfg.population * evolution.cfg.batch
-        valid_nll, valid_acc = evolution.score(
-            evolution.mean(state), eval_key, "valid", evolution.cfg.eval_batch
-        )
-        return state, {
-            "generation": generation + block,
-            **{k: finite_or_none(v[-1]) for k, v in metrics.items() if k != "nonfinite"},
-            "nonfinite": int(jnp.sum(metrics["nonfinite"])),
-            "finite_members": evolution.cfg.population - int(metrics["nonfinite"][-1]),
-            "valid_nll": finite_or_none(valid_nll),
-            "valid_accuracy": float(valid_acc),
-            "seconds": seconds,
-            "lifetimes_per_s": lifetimes / seconds,
-            # Whole generations (ask, every lifetime, tell) per second, in the unit of
-            # benchmarks/bench_es.py: plastic synapses times lifetime steps.
-            "synapse_updates_per_s": lifetimes * updates_per_lifetime / seconds,
-        }
+        valid = evolution.score(evolution.mean(state), eval_key, "valid", evolution.cfg.eval_batch)
+        return state, block_record(evolution, generation + block, metrics, valid, seconds,
+                                   lifetimes=block * evolution.cfg.population * evolution.cfg.batch)
 
     return runs.run_blocks(evolution.init(init_key), generations, advance, out_dir=out_dir,
                            log_every=log_every, resume=resume, on_log=on_log,

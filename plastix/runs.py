@@ -318,6 +318,16 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, int]:
     return state, step
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step a checkpoint was written at; None if there is none or it is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            record = flax.serialization.msgpack_restore(f.read())
+        return int(record.get("step", record.get("generation")))
+    except Exception:  # missing, damaged or of another format: not a finished run
+        return None
+
+
 def _check_shapes(template: Any, state: Any) -> None:
     # from_state_dict fills a template's structure without comparing shapes.
     for (where, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
