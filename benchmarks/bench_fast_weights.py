@@ -17,7 +17,6 @@ Prints JSON (and writes it to ``--out`` if given).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 
@@ -62,20 +61,10 @@ def parser() -> cli.Parser:
     return p
 
 
-def check_out(path: str) -> None:
-    """An --out file that can be written, checked before anything is timed."""
-    if not path:
-        raise checks.FieldError("--out", "must be a file path, got ''")
-    if os.path.isdir(path):
-        raise checks.FieldError("--out", f"{path} is a directory; give a file path such as "
-                                         f"{os.path.join(path, 'bench_fast_weights.json')}")
-    runs.claim(os.path.dirname(path) or ".", "auto", flag="--out")  # its directory
-
-
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     if args.out is not None:
-        check_out(args.out)
+        runs.check_output_file(args.out, "--out", "bench_fast_weights.json")
     rows = []
     for seq_len in args.seq_lens:
         for hidden in args.hiddens:

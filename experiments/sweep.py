@@ -368,11 +368,18 @@ def save_heatmap(path: str, summary: list[dict], axes: dict[str, list[str]],
 # --- main -------------------------------------------------------------------------------
 
 
-def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `read_spec` reads: --vary, --config and the cells' flags after --."""
     p.add_argument("--vary", action="append", default=[], metavar="FLAG=V1,V2,...",
                    help="an axis of the grid: an es_abcd.py flag and its values")
     p.add_argument("--config", help="a JSON file {\"vary\": {flag: [values]}, \"flags\": [...]}")
+    p.add_argument("flags", nargs=argparse.REMAINDER,
+                   help="after --: the es_abcd.py flags every cell shares")
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_grid_arguments(p)
     p.add_argument("--out", default="runs/sweep")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--resume", action="store_true",
@@ -382,8 +389,6 @@ def parser() -> cli.Parser:
     p.add_argument("--coordinator", help="host:port of process 0 (jax.distributed)")
     p.add_argument("--num-processes", type=checks.SIZE, default=1)
     p.add_argument("--process-id", type=checks.COUNT, default=0)
-    p.add_argument("flags", nargs=argparse.REMAINDER,
-                   help="after --: the es_abcd.py flags every cell shares")
     return p
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plastix.checks import FieldError
 from plastix.cli import one_line
 
 CONFIG = "config.json"
@@ -104,6 +105,17 @@ CLAIM_MODES = ("new", "resume", "overwrite", "auto")
 def held_files(run_dir: str | os.PathLike) -> list[str]:
     """The run files (`RUN_FILES`) present in ``run_dir``: it holds a run if any."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+
+
+def check_output_file(path: str, flag: str, example: str) -> None:
+    """An output file that can be written, checked before any work: not empty, not a
+    directory (the message suggests ``<it>/<example>``), in a directory `claim` accepts."""
+    if not path:
+        raise FieldError(flag, "must be a file path, got ''")
+    if os.path.isdir(path):
+        raise FieldError(flag, f"{path} is a directory; give a file path such as "
+                               f"{os.path.join(path, example)}")
+    claim(os.path.dirname(path) or ".", "auto", flag=flag)  # its directory
 
 
 def claim(run_dir: str | os.PathLike, mode: str = "new", outputs: Iterable[str] = (),

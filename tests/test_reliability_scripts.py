@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import ab_old_kernel  # noqa: E402
 import bench_es  # noqa: E402
 import bench_fast_weights  # noqa: E402
+import bench_sweep  # noqa: E402
 import bench_tasks  # noqa: E402
 import check_readme  # noqa: E402
 import compare_outer  # noqa: E402
@@ -205,6 +206,17 @@ BAD_INPUTS = {
         (["--seq-lens", "0"], "--seq-lens"),
         (["--hiddens", "8", "x"], "--hiddens"),
     ],
+    bench_sweep: [
+        ([], "nothing to sweep"),
+        (["--vary", "seed"], "--vary 'seed'"),
+        (["--vary", "seed=0,1", "--out", "{tmp}"], "--out {tmp} is a directory"),
+        (["--vary", "seed=0,1", "--out", ""], "--out"),
+        (["--vary", "pop=4,5"], "cell pop=5: --pop must be even"),
+        (["--vary", "seed=0,1", "--", "--outer", "gradient"], "a sweep runs ES"),
+        (["--vary", "out=a,b"], "--out is the sweep's to set"),
+        (["--vary", "seed=0", "--config", "{missing}"], "{missing}"),
+        (["--vary", "seed=0", "--sweep-out", "{file}"], "--sweep-out {file}: give a new"),
+    ],
 }
 CASES = [(module, argv, named) for module, cases in BAD_INPUTS.items() for argv, named in cases]
 
@@ -286,6 +298,21 @@ def test_bench_tasks_and_bench_fast_weights_run_on_tiny_sizes(tmp_path, paths):
 
 
 @pytest.mark.slow  # the evaluation compiles three times (timed, its memory, plain vmap)
+@pytest.mark.slow
+def test_bench_sweep_times_a_tiny_grid_both_ways_and_they_agree(tmp_path):
+    out, kept = tmp_path / "bench.json", tmp_path / "sweep"
+    result = bench_sweep.main(["--vary", "seed=0,1", "--out", str(out), "--sweep-out",
+                               str(kept), "--",
+                               "--generations", "2", "--pop", "4", "--batch", "2",
+                               "--eval-batch", "4", "--hidden", "8"])
+    assert result["cells"] == 2 and result["compiled_groups"] == 1
+    assert result["sweep_s"] > 0 and result["separate_processes_s"] > 0
+    assert result["max_accuracy_difference"] < 1e-6
+    assert json.loads(out.read_text()) == result
+    assert (kept / "results.md").is_file()
+    assert sorted(cell.name for cell in (kept / "cells").iterdir()) == ["seed=0", "seed=1"]
+
+
 def test_scaling_writes_under_runs_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling, "DEFAULTS", {"pop": 2, "batch": 1, "seq_len": 2, "hidden": 2,
                                               "vocab": 3})
