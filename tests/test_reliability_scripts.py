@@ -297,8 +297,7 @@ def test_bench_tasks_and_bench_fast_weights_run_on_tiny_sizes(tmp_path, paths):
     assert json.loads(out.read_text())["rows"] == report["rows"]
 
 
-@pytest.mark.slow  # the evaluation compiles three times (timed, its memory, plain vmap)
-@pytest.mark.slow
+@pytest.mark.slow  # three processes, each compiling a small ES run
 def test_bench_sweep_times_a_tiny_grid_both_ways_and_they_agree(tmp_path):
     out, kept = tmp_path / "bench.json", tmp_path / "sweep"
     result = bench_sweep.main(["--vary", "seed=0,1", "--out", str(out), "--sweep-out",
@@ -313,6 +312,7 @@ def test_bench_sweep_times_a_tiny_grid_both_ways_and_they_agree(tmp_path):
     assert sorted(cell.name for cell in (kept / "cells").iterdir()) == ["seed=0", "seed=1"]
 
 
+@pytest.mark.slow  # the evaluation compiles three times (timed, its memory, plain vmap)
 def test_scaling_writes_under_runs_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling, "DEFAULTS", {"pop": 2, "batch": 1, "seq_len": 2, "hidden": 2,
                                               "vocab": 3})
