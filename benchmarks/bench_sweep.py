@@ -46,11 +46,6 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def cell_flags(cell: sweep.Cell) -> list[str]:
-    """The es_abcd.py flags that make the shared flags this cell (`--seed 1 ...`)."""
-    return [x for flag, value in cell.values for x in (f"--{flag}", value)]
-
-
 def main(argv=None) -> dict:
     args = cli.parse(parser(), argv)[0]
     if args.out is not None:
@@ -73,8 +68,8 @@ def main(argv=None) -> dict:
         for cell in cells:
             out = f"{tmp}/separate/{cell.name}"
             separate_s += timed([os.path.join(EXPERIMENTS, "es_abcd.py"), *base,
-                                 *cell_flags(cell), "--out", out, "--report", "rule",
-                                 "--no-plots"])
+                                 *sweep.cell_flags(cell.values), "--out", out,
+                                 "--report", "rule", "--no-plots"])
             with open(f"{out}/report.json") as f:
                 alone = json.load(f)["rows"][0]["test_accuracy"]
             difference = max(difference, abs(alone - swept[cell.name]))

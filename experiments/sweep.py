@@ -98,6 +98,11 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     return flag, [v.strip() for v in values.split(",")]
 
 
+def cell_flags(values) -> list[str]:
+    """The es_abcd.py flags of the axis values (``--rule-out hebb --seed 0``)."""
+    return [x for flag, value in values for x in (f"--{flag}", value)]
+
+
 def cell_name(values) -> str:
     """A directory name for the cell of these axis values (``rule-out=hebb__seed=0``)."""
     return "__".join(f"{flag}={re.sub(r'[^A-Za-z0-9._-]', '_', v)}" for flag, v in values)
@@ -110,7 +115,7 @@ def grid(axes: dict[str, list[str]], base: list[str], out: str) -> list[Cell]:
     for combo in itertools.product(*axes.values()):
         values = tuple(zip(axes, combo))
         name = cell_name(values)
-        argv = [*base, *itertools.chain.from_iterable((f"--{f}", v) for f, v in values)]
+        argv = [*base, *cell_flags(values)]
         try:
             cfg, _ = es_abcd.parse_config([*argv, "--out", os.path.join(out, "cells", name),
                                            "--no-plots"])
