@@ -17,11 +17,14 @@ Two kinds of plastic result, never mixed:
   too: n-grams fitted on the training split, and a non-plastic RNN and an LSTM of the same
   hidden size trained by backprop on the same number of 100-character windows.
 
-The first user's network is the preset every rule row shares: reward-modulated
+The first user's network is the preset every hidden-rule row shares: reward-modulated
 three-factor hidden layers (``modulated(rule)`` on W_in and W_rec, third factor
 r = -(NLL - running mean)), rows of the hidden matrices L2-normalised after every update with
 weight noise, and a readout that learns from the teacher by the 16-term ``multilinear_mod``
-rule (started at zero). Only the hidden rule changes from row to row.
+rule (started at zero). Only the hidden rule changes from row to row. The readout rows keep
+the random hidden weights fixed and change the readout's rule: ``multilinear_mod``, the same
+with a rate annealed by presynaptic use (``annealed``), and recursive least squares
+(``rls``) at each prior precision alpha.
 
     python experiments/text.py                                   # everything (hours on 2 CPU cores)
     python experiments/text.py --parts ngrams rules              # some parts
@@ -69,6 +72,23 @@ REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png"
 # eta = 100, makes text lifetimes diverge at once), so the outer loop finds its terms.
 READOUT = ("--readout-bias", "--rule-out", "multilinear_mod", "--log-rates",
            "--init-mean", "zero")
+# The same readout rule with a rate that falls as each presynaptic unit is used,
+# (1 + n_j / tau)^(-kappa) (`rules.annealed`), kappa and tau learned with the rest: the
+# n-grams' rates fall as 1 / count, and a constant rate learns no better after 10,000
+# characters than after 100.
+ANNEALED_READOUT = tuple("annealed(multilinear_mod)" if flag == "multilinear_mod" else flag
+                         for flag in READOUT)
+# Recursive least squares on the readout (`rules.rls`): the delta rule through the inverse
+# correlation of the hidden units seen so far (under a one-hot input, exactly 1 / count per
+# column); its prior precision alpha is a hyperparameter, not learned, so each is a row.
+RLS_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def rls_readout(alpha: float) -> tuple[str, ...]:
+    return ("--readout-bias", "--rule-out", f"rls(alpha={alpha!r})", "--log-rates",
+            "--init-mean", "zero")
+
+
 # Hidden rules start at eta = 0.01 (with every term zero): from eta = 1 the meta-gradient
 # could not bring a hidden rule back to the readout rule's score within the budget.
 FIRST_USER = (*READOUT, "--modulation", "reward", "--normalise", "l2",
@@ -95,14 +115,17 @@ class Cell:
     train_length: int | None = None
 
 
-def hidden_rule_flags(rule: str) -> tuple[str, ...]:
+def hidden_rule_flags(rule: str, readout: tuple[str, ...] = READOUT) -> tuple[str, ...]:
+    """The first user's preset with ``rule`` on both hidden layers and ``readout``'s flags
+    for the readout."""
     hidden = f"modulated({rule})"
-    return (*FIRST_USER, "--rule-in", hidden, "--rule-rec", hidden)
+    return (*readout, *FIRST_USER[len(READOUT):], "--rule-in", hidden, "--rule-rec", hidden)
 
 
 def rule_cells() -> list[Cell]:
     """The rule table: the readout alone, then each hidden rule under the first user's preset,
-    by gradient; and the preset's ABCD row by ES as well."""
+    by gradient, and the preset's ABCD row by ES as well; then the readout rules whose rate
+    falls with use (annealed, and RLS at each alpha)."""
     cells = [Cell("readout_only", "readout rule only (hidden fixed)", "rule", "gradient",
                   READOUT)]
     cells += [Cell(f"hidden_{rule}", f"{label} hidden + readout rule", "rule", "gradient",
@@ -112,6 +135,19 @@ def rule_cells() -> list[Cell]:
     # Does a rule meta-learned on longer lifetimes learn better over them?
     cells.append(Cell("readout_only_T1000", "readout rule only, meta-learned on 1,000-char "
                       "lifetimes", "rule", "gradient", READOUT, train_length=1000))
+    annealed = "readout rule, annealed rate"
+    cells += [Cell("readout_annealed", f"{annealed} (hidden fixed)", "rule", "gradient",
+                   ANNEALED_READOUT),
+              Cell("readout_annealed_T1000", f"{annealed}, meta-learned on 1,000-char "
+                   "lifetimes", "rule", "gradient", ANNEALED_READOUT, train_length=1000)]
+    cells += [Cell(f"readout_rls_a{alpha:g}", f"readout RLS rule, alpha = {alpha:g} (hidden "
+                   "fixed)", "rule", "gradient", rls_readout(alpha)) for alpha in RLS_ALPHAS]
+    # alpha = 10 is the best of RLS_ALPHAS on the validation windows.
+    cells += [Cell("readout_rls_a10_T1000", "readout RLS rule, alpha = 10, meta-learned on "
+                   "1,000-char lifetimes", "rule", "gradient", rls_readout(10.0),
+                   train_length=1000),
+              Cell("hidden_oja_rls", "Oja hidden + readout RLS rule, alpha = 10", "rule",
+                   "gradient", hidden_rule_flags("oja", readout=rls_readout(10.0)))]
     return cells
 
 
@@ -133,6 +169,11 @@ def prior_cells() -> list[Cell]:
              "gradient", (*hidden_rule_flags("ABCD_lr"), "--evolve-init")),
         Cell("first_user_w0_es", "first user's preset (ABCD), learned weights (ES)", "prior",
              "es", (*hidden_rule_flags("ABCD_lr"), "--evolve-init")),
+        # The non-plastic RNN's learned weights with the annealed readout rule on top.
+        Cell("rnn_w0_annealed_readout", "RNN + annealed readout rule, learned weights",
+             "prior", "gradient", (*ANNEALED_READOUT, "--evolve-init")),
+        Cell("rnn_w0_rls_readout", "RNN + RLS readout rule (alpha = 1), learned weights",
+             "prior", "gradient", (*rls_readout(1.0), "--evolve-init")),
     ]
 
 
@@ -168,7 +209,8 @@ def parser() -> cli.Parser:
     p.add_argument("--es-batch", type=checks.SIZE, default=8)
     p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0, 1, 2],
                    help="seeds of the prior cells and their backprop baselines")
-    p.add_argument("--backprop-lrs", type=checks.RATE, nargs="+", default=[1e-3, 3e-3, 1e-2],
+    p.add_argument("--backprop-lrs", type=checks.RATE, nargs="+",
+                   default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                    help="Adam rates tried for the LSTM baseline (chosen on valid, seed 0)")
     p.add_argument("--lstm-hidden", type=checks.SIZE, default=256,
                    help="hidden units of the stand-alone LSTM baseline (part lstm)")
@@ -658,7 +700,9 @@ def save_plots(args, results: dict) -> None:
     runs.save_figure(fig, os.path.join(args.out, "learning_curve.png"), dpi=110)
     plt.close(fig)
 
-    rule_rows = [r for r in results.get("rules", []) if at(r)["diverged"] == 0]
+    # A row read back from a report.json has no dynamics (`without_dynamics`).
+    rule_rows = [r for r in results.get("rules", [])
+                 if "dynamics" in r and at(r)["diverged"] == 0]
     if not rule_rows:
         return
     best = min(rule_rows, key=lambda r: at(r)["bits"])

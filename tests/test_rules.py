@@ -23,6 +23,9 @@ RULE_CASES.update({
     "krotov(p=3)": lambda: rules.krotov(p=3.0, k=3),
     "modulated(hebb)": lambda: rules.modulated(rules.hebb()),
     "modulated(bcm, trace)": lambda: rules.modulated(rules.bcm(), trace_decay=0.9),
+    "annealed(oja)": lambda: rules.annealed(rules.oja()),
+    "annealed(modulated(covariance, trace))": lambda: rules.get(
+        "annealed(modulated(covariance, 0.5))"),
 })
 
 
@@ -201,6 +204,7 @@ REFERENCES = {
     "hebbian_mask": lambda c, s, w, x, y, m: np.zeros_like(w),
     "covariance": lambda c, s, w, x, y, m: c["eta"] * np.outer(y - s.post_mean, x - s.pre_mean),
     "bcm": lambda c, s, w, x, y, m: c["eta"] * np.outer(y * (y - s.theta), x),
+    "rls": lambda c, s, w, x, y, m: c["eta"] * np.outer(m - y, s @ x / (1.0 + x @ s @ x)),
     "err_credit": lambda c, s, w, x, y, m: (
         c["eta"] * (y - s.post_avg)[:, None] * (s.credit + 0.1 * (np.outer(y, x) - s.credit))),
 }
@@ -334,6 +338,100 @@ def test_modulated_gates_and_traces():
     dw, state = traced.update(coeffs, state, w, pre2, post, 2.0)
     np.testing.assert_allclose(state.trace, 0.5 * u1 + u2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dw, 2.0 * (0.5 * u1 + u2), rtol=1e-5, atol=1e-6)
+
+
+def test_rls_weights_are_the_ridge_regression_of_the_inputs_seen():
+    """With eta = 1 and the layer's own prediction as post, RLS after t inputs holds
+    W_t = Y X^T (X X^T + alpha I)^-1 exactly (with forgetting, each sample weighted
+    forget^(t-s)); P is the inverse of the same matrix."""
+    rng = np.random.default_rng(0)
+    n_post, n_pre, steps, alpha, forget = 3, 5, 12, 0.5, 0.9
+    xs = rng.normal(size=(steps, n_pre))
+    ys = xs @ rng.normal(size=(n_pre, n_post)) + 0.1 * rng.normal(size=(steps, n_post))
+    rule = rules.rls(alpha=alpha, forget=forget)
+    coeffs = rules.init_coeffs(rule, (n_post, n_pre))
+    w = jnp.zeros((n_post, n_pre))
+    state = rule.init(w)
+    for x, y in zip(xs, ys):
+        x = _f32(x)
+        dw, state = rule.update(coeffs, state, w, x, w @ x, _f32(y))
+        w = w + dw
+    decay = forget ** np.arange(steps - 1, -1, -1.0)
+    gram = (xs.T * decay) @ xs + forget ** steps * alpha * np.eye(n_pre)
+    np.testing.assert_allclose(w, np.linalg.solve(gram, (xs.T * decay) @ ys).T, rtol=2e-4,
+                               atol=2e-5)
+    np.testing.assert_allclose(state, np.linalg.inv(gram), rtol=2e-4, atol=2e-5)
+
+
+def test_rls_under_a_one_hot_input_learns_each_column_at_one_over_its_count():
+    rule = rules.rls(alpha=2.0)
+    w = jnp.zeros((2, 3))
+    coeffs = rules.init_coeffs(rule, w.shape)
+    state, counts = rule.init(w), np.zeros(3)
+    target = _f32([1.0, 0.0])
+    for token in (1, 1, 0, 1, 2):
+        counts[token] += 1
+        pre = jnp.eye(3)[token]
+        dw, state = rule.update(coeffs, state, w, pre, jnp.zeros(2), target)
+        np.testing.assert_allclose(dw, np.outer(target, pre) / (2.0 + counts[token]),
+                                   rtol=1e-6)
+    np.testing.assert_allclose(state, np.diag(1 / (2.0 + counts)), rtol=1e-6)
+
+
+def test_annealed_scales_each_column_by_its_presynaptic_count():
+    """dw_ij = (1 + n_j / tau)^(-kappa) u_ij with n_j the summed x_j^2 so far: under a
+    one-hot input and kappa = 1, tau = 1, column j learns at 1 / (1 + its count)."""
+    rule = rules.annealed(rules.hebb())
+    w = jnp.zeros((2, 3))
+    post = _f32([1.0, -2.0])
+    coeffs = {"eta": _f32(0.5), "decay": _f32(0.0), "kappa": _f32(1.0), "log_tau": _f32(0.0)}
+    state = rule.init(w)
+    counts = np.zeros(3)
+    for token in (0, 2, 0, 0, 1):
+        pre = jnp.eye(3)[token]
+        counts[token] += 1
+        dw, state = rule.update(coeffs, state, w, pre, post)
+        expected = 0.5 * np.outer(post, pre) / (1.0 + counts)
+        np.testing.assert_allclose(dw, expected, rtol=1e-6)
+    np.testing.assert_allclose(state.count, counts)
+
+    # tau and kappa per post neuron, on a dense input: the general formula.
+    w, pre, post, mod = _example(seed=4)
+    inner = rules.oja()
+    coeffs = {**_random_coeffs(inner, "post", seed=1),
+              "kappa": _f32([[0.5], [1.0], [2.0]]), "log_tau": _f32([[0.0], [1.0], [-1.0]])}
+    state = rules.annealed(inner).init(w)
+    state = state._replace(count=_f32([3.0, 0.0, 1.0, 2.0]))
+    dw, _ = rules.annealed(inner).update(coeffs, state, w, pre, post)
+    u, _ = inner.update({k: coeffs[k] for k in inner.default_coeffs}, (), w, pre, post)
+    n = np.asarray([3.0, 0.0, 1.0, 2.0]) + np.asarray(pre) ** 2
+    scale = (1 + n[None, :] / np.exp(np.asarray(coeffs["log_tau"]))) ** (
+        -np.asarray(coeffs["kappa"]))
+    np.testing.assert_allclose(dw, scale * np.asarray(u), rtol=1e-5, atol=1e-7)
+
+
+def test_annealed_with_default_coefficients_is_the_wrapped_rule():
+    """kappa = 0 by default, so wrapping changes nothing until the outer loop moves it; the
+    wrapped rule keeps its state, its target reading and its error-driven flag."""
+    w, pre, post, mod = _example(seed=6)
+    for inner in (rules.multilinear_mod(), rules.modulated(rules.bcm(), trace_decay=0.5)):
+        wrapped = rules.annealed(inner)
+        assert wrapped.reads_target == inner.reads_target
+        coeffs = rules.init_coeffs(wrapped, w.shape, "synapse")
+        state, inner_state = wrapped.init(w), inner.init(w)
+        for _ in range(3):
+            dw, state = wrapped.update(coeffs, state, w, pre, post, mod)
+            du, inner_state = inner.update({k: coeffs[k] for k in inner.default_coeffs},
+                                           inner_state, w, pre, post, mod)
+            np.testing.assert_allclose(dw, du, rtol=1e-6)
+        _assert_trees_close(state.inner, inner_state, rtol=1e-6)
+
+
+def test_annealed_refuses_a_rule_with_its_coefficient_names():
+    clash = rules.make_rule("clash", lambda c, s, w, x, y, m: (jnp.zeros_like(w), s),
+                            {"kappa": 1.0})
+    with pytest.raises(ValueError, match="already has a coefficient 'kappa'"):
+        rules.annealed(clash)
 
 
 # Najarro & Risi's hebbian_update_<variant>, transcribed for one layer: their flat
@@ -659,6 +757,10 @@ def test_bad_hyperparameters_fail():
         rules.krotov(k=5).update({"eta": jnp.zeros(())}, (), *_example()[:3])
     with pytest.raises(ValueError, match="hebbian_mask"):
         rules.hebbian_mask(prune_below=1.0, regrow_above=0.0)
+    with pytest.raises(ValueError, match="rls: alpha must be > 0"):
+        rules.rls(alpha=0.0)
+    with pytest.raises(ValueError, match=r"rls: forget must be in \(0, 1\]"):
+        rules.rls(forget=1.5)
 
 
 @pytest.mark.parametrize("use_mod", [False, True])

@@ -338,8 +338,32 @@ def test_wrapped_rule_names_build_the_wrapped_rule_back():
         0.5 * rules.oja().update(coeffs, (), w, pre, post, None)[0])
 
 
+def test_a_name_may_carry_hyperparameters_and_the_rule_keeps_them_in_its_name():
+    """``rls(alpha=0.1)`` is ``rls`` built with alpha 0.1, named so that its name (saved in
+    a config) builds it back; wrappers take such a rule too."""
+    rule = rules.get("rls(forget=0.99, alpha=0.1)")
+    assert rule.name == "rls(alpha=0.1, forget=0.99)" and rules.get(rule.name) is rule
+    w = jnp.zeros((2, 3))
+    np.testing.assert_allclose(rule.init(w), rules.rls(alpha=0.1, forget=0.99).init(w))
+    assert rules.get("krotov(k=3)").update is not rules.get("krotov").update
+    wrapped = rules.get("annealed(rls(alpha=0.1))")
+    assert wrapped.name == "annealed(rls(alpha=0.1))" and rules.get(wrapped.name) is wrapped
+
+
+def test_nested_wrapper_names_split_at_their_own_commas():
+    nested = rules.get("annealed(modulated(hebb, 0.9))")
+    assert nested.name == rules.annealed(rules.modulated(rules.hebb(), 0.9)).name
+    assert rules.get(nested.name) is nested
+
+
 @pytest.mark.parametrize("name, message", [
     ("modulated(nope)", "unknown rule 'nope'"),
+    ("annealed(modulated(hebb, fast))", "must be numbers"),
+    ("rls(alpha)", r"expected rls\(<name>=<number>, \.\.\.\), got 'alpha'"),
+    ("rls(alpha=fast)", r"expected rls\(<name>=<number>"),
+    ("rls(alpha=0.1", r"expected rls\(<name>=<number>"),
+    ("rls(beta=1)", r"rls has no hyperparameter beta; it takes \['alpha', 'forget'\]"),
+    ("rls(alpha=0)", "rls: alpha must be > 0"),
     ("modulated(hebb, fast)", "must be numbers"),
     ("modulated(hebb", r"expected modulated\(<rule>"),
     ("modulated(hebb, 1.5)", r"trace_decay must be in \[0, 1\)"),

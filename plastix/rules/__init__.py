@@ -23,11 +23,12 @@ Example::
 Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
 `competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
 `polynomial` (polynomial and its variants polynomial_mod, multilinear,
-multilinear_mod), `error_driven` (delta, chl, generec, err_credit), `structural`
+multilinear_mod), `error_driven` (delta, rls, chl, generec, err_credit), `structural`
 (hebbian_mask), `fast_weights` (fast_weight_ba, fast_weight_delta), `differentiable`
 (diff_hebb, diff_oja, backpropamine, backpropamine_retro: a learned plastic trace on top
-of learned weights, ``w = w0 + alpha * Hebb``) and `modulation` (the `modulated`
-three-factor wrapper).
+of learned weights, ``w = w0 + alpha * Hebb``), `modulation` (the `modulated`
+three-factor wrapper) and `schedules` (`annealed`: any rule with a rate that falls as
+its presynaptic units are used, 1/count under a one-hot input).
 """
 
 from plastix.rules._core import (
@@ -40,13 +41,16 @@ from plastix.rules.competitive import instar, krotov, soft_wta
 from plastix.rules.differentiable import (
     PlasticTrace, RetroactiveTrace, backpropamine, backpropamine_retro, diff_hebb, diff_oja,
 )
-from plastix.rules.error_driven import ErrCreditState, PlusPhase, chl, delta, err_credit, generec
+from plastix.rules.error_driven import (
+    ErrCreditState, PlusPhase, chl, delta, err_credit, generec, rls,
+)
 from plastix.rules.fast_weights import fast_weight_ba, fast_weight_delta
 from plastix.rules.hebbian import (
     BCMState, CovarianceState, anti_hebb, bcm, covariance, hebb, hpca, oja, sanger,
 )
 from plastix.rules.modulation import EligibilityState, modulated
 from plastix.rules.polynomial import multilinear, multilinear_mod, polynomial, polynomial_mod
+from plastix.rules.schedules import AnnealedState, annealed
 from plastix.rules.structural import (
     HebbianMaskState, apply_mask, check_mask_thresholds, hebbian_mask, step_mask,
 )
@@ -56,7 +60,7 @@ from plastix.rules.structural import (
 # stays out of the star-import.
 __all__ = [
     "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
-    "register", "modulated", "apply_mask", "step_mask", "check_mask_thresholds",
+    "register", "modulated", "annealed", "apply_mask", "step_mask", "check_mask_thresholds",
     "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
-    "HebbianMaskState", "PlasticTrace", "RetroactiveTrace", *REGISTRY,
+    "HebbianMaskState", "AnnealedState", "PlasticTrace", "RetroactiveTrace", *REGISTRY,
 ]

@@ -15,6 +15,7 @@ for the same name and hyperparameters.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -147,13 +148,30 @@ def register(factory: Callable[..., Rule], name: str | None = None) -> Callable[
 def get(name: str, **hyper) -> Rule:
     """Builds the registered rule ``name`` with hyperparameters ``hyper``.
 
-    Equal calls return the same `Rule` (cached until ``name`` is registered again), so two
+    ``name`` may carry numeric hyperparameters, ``"rls(alpha=0.1)"``, or apply a wrapper,
+    ``"modulated(oja)"``. Equal calls return the same `Rule` (cached until ``name`` is
+    registered again), so two
     ``get("oja")`` compare and hash equal and a jitted function taking the rule as a
     static argument compiles once.
 
     Raises:
         ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names).
     """
+    with_hyper = _parse_hyperparameters(name)
+    if with_hyper is not None:
+        base, given = with_hyper
+        given.update(hyper)
+        known = inspect.signature(REGISTRY[base]).parameters
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"rule name {name!r}: {base} has no hyperparameter "
+                             f"{', '.join(unknown)}; it takes {sorted(known) or 'none'}")
+        # Named by its hyperparameters, so that the rule's name builds it back.
+        canonical = f"{base}({', '.join(f'{k}={v!r}' for k, v in sorted(given.items()))})"
+        key = (canonical, REGISTRY[base], ())
+        if key not in _RULE_CACHE:
+            _RULE_CACHE[key] = get(base, **given)._replace(name=canonical)
+        return _RULE_CACHE[key]
     wrapped = _parse_wrapped(name)
     if wrapped is not None:
         wrapper, inner, args = wrapped
@@ -183,13 +201,47 @@ def _parse_wrapped(name: str) -> tuple[str, str, tuple[float, ...]] | None:
         return None
     if not rest.endswith(")"):
         raise ValueError(f"rule name {name!r}: expected {head}(<rule>[, <number>...])")
-    inner, *args = [part.strip() for part in rest[:-1].split(",")]
+    inner, *args = _top_level_parts(rest[:-1])
     try:
         numbers = tuple(float(arg) for arg in args)
     except ValueError:
         raise ValueError(f"rule name {name!r}: {head}'s arguments after the rule must be "
                          f"numbers, got {args}") from None
     return head, inner, numbers
+
+
+def _parse_hyperparameters(name: str) -> tuple[str, dict[str, float]] | None:
+    """``(registry name, {hyperparameter: number})`` of a name such as
+    ``"rls(alpha=0.1)"``, so that a command line or a saved config can name a rule built
+    with other hyperparameters; None for any other name."""
+    head, paren, rest = name.partition("(")
+    if not paren or head not in REGISTRY:
+        return None
+    if not rest.endswith(")"):
+        raise ValueError(f"rule name {name!r}: expected {head}(<name>=<number>, ...)")
+    given = {}
+    for part in _top_level_parts(rest[:-1]):
+        key, equals, value = (x.strip() for x in part.partition("="))
+        try:
+            given[key] = int(value) if value.lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            equals = ""
+        if not equals or not key.isidentifier():
+            raise ValueError(f"rule name {name!r}: expected {head}(<name>=<number>, ...), "
+                             f"got {part!r}")
+    return head, given
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses, so that a wrapped rule may itself
+    be a wrapper with arguments: ``"annealed(modulated(hebb, 0.9))"``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return parts + [text[start:].strip()]
 
 
 def granularity_shape(w_shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:

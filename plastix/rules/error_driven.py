@@ -1,5 +1,5 @@
-"""Error-driven local rules: delta/LMS, contrastive Hebbian learning, GeneRec and the
-Err x Credit trace rule.
+"""Error-driven local rules: delta/LMS, recursive least squares (FORCE), contrastive
+Hebbian learning, GeneRec and the Err x Credit trace rule.
 
 Phases. CHL and GeneRec compare a *minus* phase (the network's own answer) with a
 *plus* phase (outputs clamped to the target). ``pre`` and ``post`` are always the
@@ -36,6 +36,47 @@ def delta() -> Rule:
         return coeffs["eta"] * outer(target - post, pre), state
 
     return make_rule("delta", update, {"eta": 0.01}, reads_target=True)
+
+
+@register
+def rls(alpha: float = 1.0, forget: float = 1.0) -> Rule:
+    """Recursive least squares: the delta rule through the inverse input correlation.
+
+    ``k = P x / (forget + x^T P x)``,  ``dw = eta * (m - y) k^T``,
+    ``P <- (P - k x^T P) / forget``,   ``P(0) = I / alpha``,
+
+    so ``P`` is ``(alpha I + sum_s forget^(t-s) x_s x_s^T)^-1`` of the inputs seen so far
+    (Sherman-Morrison, one rank-one step per input). Under a one-hot input ``P`` is
+    diagonal and column ``j`` learns at ``1 / (alpha + count_j)``, the rate of a
+    count-based estimate; for a dense input it decorrelates the presynaptic units, which
+    is what makes it the readout rule of reservoir (FORCE) learning. ``P`` belongs to the
+    presynaptic side and is shared by every post neuron.
+
+    Args:
+      alpha: the prior precision ``P(0)^-1 = alpha I``, > 0 (large alpha: small first steps).
+      forget: the forgetting factor in ``(0, 1]``; 1 remembers every input.
+
+    References:
+      Haykin, "Adaptive Filter Theory", ch. 10 (RLS); Sussillo & Abbott, "Generating
+      coherent patterns of activity from chaotic neural networks", Neuron 63 (2009).
+    """
+    if not alpha > 0:
+        raise ValueError(f"rls: alpha must be > 0, got {alpha}")
+    if not 0 < forget <= 1:
+        raise ValueError(f"rls: forget must be in (0, 1], got {forget}")
+
+    def init(w):
+        return jnp.eye(w.shape[1], dtype=w.dtype) / alpha
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w
+        target = require_mod("rls", mod, "the target for post")
+        p_x = state @ pre
+        gain = p_x / (forget + pre @ p_x)
+        # P is symmetric, so x^T P = (P x)^T.
+        return coeffs["eta"] * outer(target - post, gain), (state - outer(gain, p_x)) / forget
+
+    return make_rule("rls", update, {"eta": 1.0}, init, reads_target=True)
 
 
 class PlusPhase(NamedTuple):

@@ -71,16 +71,16 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
         return m * trace, EligibilityState(inner, trace)
 
     return make_rule(name, update_traced, rule.default_coeffs, init,
-                     effective_weights=_on_inner_state(rule.effective_weights))
+                     effective_weights=on_inner_state(rule.effective_weights))
 
 
-def _on_inner_state(effective_weights):
-    """``effective_weights`` of the wrapped rule, reading its state from
-    `EligibilityState.inner`; ``None`` stays ``None``."""
+def on_inner_state(effective_weights):
+    """``effective_weights`` of a wrapped rule, reading its state from the wrapper state's
+    ``inner`` field (`EligibilityState`, `AnnealedState`); ``None`` stays ``None``."""
     if effective_weights is None:
         return None
 
-    def on_inner(w, state: EligibilityState):
+    def on_inner(w, state):
         return effective_weights(w, state.inner)
 
     return on_inner
