@@ -550,6 +550,8 @@ def lstm_aim_cell(args) -> dict:
 # A lifetime mean this far above uniform (6 bits for 66 symbols) is a lifetime whose
 # weights ran away while staying finite: shown as such, not as a score to the third decimal.
 RUNAWAY_BITS = 100.0
+# The learning-curve plot's top: well above uniform (6 bits), so every learner is in view.
+CURVE_TOP_BITS = 9.0
 
 
 def bits_cell(row: dict, length) -> str:
@@ -672,10 +674,14 @@ def save_plots(args, results: dict) -> None:
     edges = curve_edges(length)
     centres = np.sqrt(np.maximum(edges[:-1], 0.5) * edges[1:])
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    for ax in axes:  # more rows than the default cycle has colours
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     at = lambda r: r["lengths"].get(str(length))
 
     def draw(ax, label, summary_, style="-"):
-        if summary_ is not None and np.all(np.isfinite(summary_["curve"])):
+        # A lifetime that ran away (the table says so) would flatten every other curve.
+        if summary_ is not None and np.all(np.isfinite(summary_["curve"])) \
+                and summary_["bits"] < RUNAWAY_BITS:
             ax.plot(centres, summary_["curve"], style, label=label)
 
     ngrams = results.get("ngrams", {}).get("lengths", {}).get(str(length), {})
@@ -695,7 +701,8 @@ def save_plots(args, results: dict) -> None:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("bits/char (test windows, log-binned)")
+    axes[0].set_ylabel(f"bits/char (test windows, log-binned; axis cut at {CURVE_TOP_BITS:g})")
+    axes[0].set_ylim(top=CURVE_TOP_BITS)
     fig.tight_layout()
     runs.save_figure(fig, os.path.join(args.out, "learning_curve.png"), dpi=110)
     plt.close(fig)
