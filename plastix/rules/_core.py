@@ -150,12 +150,12 @@ def get(name: str, **hyper) -> Rule:
 
     ``name`` may carry numeric hyperparameters, ``"rls(alpha=0.1)"``, or apply a wrapper,
     ``"modulated(oja)"``. Equal calls return the same `Rule` (cached until ``name`` is
-    registered again), so two
-    ``get("oja")`` compare and hash equal and a jitted function taking the rule as a
-    static argument compiles once.
+    registered again), so two ``get("oja")`` compare and hash equal and a jitted function
+    taking the rule as a static argument compiles once.
 
     Raises:
-        ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names).
+        ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names),
+            is malformed, or names a hyperparameter its factory does not take.
     """
     with_hyper = _parse_hyperparameters(name)
     if with_hyper is not None:
