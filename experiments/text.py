@@ -67,17 +67,21 @@ PARTS = ("ngrams", "rules", "priors", "lstm")
 LN2 = math.log(2)
 REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png")
 
-# What every row of the rule table shares: the first user's reward-modulated Hebbian RNN.
+
+def readout_flags(rule: str) -> tuple[str, ...]:
+    """The readout of every rule-table row: biased, learning by ``rule`` from coefficients
+    that start at zero with a unit rate (log rates)."""
+    return ("--readout-bias", "--rule-out", rule, "--log-rates", "--init-mean", "zero")
+
+
 # The readout's 16 terms start at zero with a unit rate (the delta rule's own start,
 # eta = 100, makes text lifetimes diverge at once), so the outer loop finds its terms.
-READOUT = ("--readout-bias", "--rule-out", "multilinear_mod", "--log-rates",
-           "--init-mean", "zero")
+READOUT = readout_flags("multilinear_mod")
 # The same readout rule with a rate that falls as each presynaptic unit is used,
 # (1 + n_j / tau)^(-kappa) (`rules.annealed`), kappa and tau learned with the rest: the
 # n-grams' rates fall as 1 / count, and a constant rate learns no better after 10,000
 # characters than after 100.
-ANNEALED_READOUT = tuple("annealed(multilinear_mod)" if flag == "multilinear_mod" else flag
-                         for flag in READOUT)
+ANNEALED_READOUT = readout_flags("annealed(multilinear_mod)")
 # Recursive least squares on the readout (`rules.rls`): the delta rule through the inverse
 # correlation of the hidden units seen so far (under a one-hot input, exactly 1 / count per
 # column); its prior precision alpha is a hyperparameter, not learned, so each is a row.
@@ -85,15 +89,14 @@ RLS_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def rls_readout(alpha: float) -> tuple[str, ...]:
-    return ("--readout-bias", "--rule-out", f"rls(alpha={alpha!r})", "--log-rates",
-            "--init-mean", "zero")
+    return readout_flags(f"rls(alpha={alpha!r})")
 
 
-# Hidden rules start at eta = 0.01 (with every term zero): from eta = 1 the meta-gradient
-# could not bring a hidden rule back to the readout rule's score within the budget.
-FIRST_USER = (*READOUT, "--modulation", "reward", "--normalise", "l2",
-              "--normalise-layers", "in", "rec", "--weight-noise", "0.01",
-              "--init-hidden-eta", "0.01")
+# The first user's hidden layers. Hidden rules start at eta = 0.01 (with every term zero):
+# from eta = 1 the meta-gradient could not bring a hidden rule back to the readout rule's
+# score within the budget.
+HIDDEN_PRESET = ("--modulation", "reward", "--normalise", "l2", "--normalise-layers", "in",
+                 "rec", "--weight-noise", "0.01", "--init-hidden-eta", "0.01")
 HIDDEN_RULES = {"Hebb": "hebb", "Oja": "oja", "competitive (instar)": "instar",
                 "covariance": "covariance", "BCM": "bcm", "HPCA": "hpca", "ABCD": "ABCD_lr"}
 
@@ -119,7 +122,7 @@ def hidden_rule_flags(rule: str, readout: tuple[str, ...] = READOUT) -> tuple[st
     """The first user's preset with ``rule`` on both hidden layers and ``readout``'s flags
     for the readout."""
     hidden = f"modulated({rule})"
-    return (*readout, *FIRST_USER[len(READOUT):], "--rule-in", hidden, "--rule-rec", hidden)
+    return (*readout, *HIDDEN_PRESET, "--rule-in", hidden, "--rule-rec", hidden)
 
 
 def rule_cells() -> list[Cell]:

@@ -196,12 +196,10 @@ def get(name: str, **hyper) -> Rule:
 def _parse_wrapped(name: str) -> tuple[str, str, tuple[float, ...]] | None:
     """``(wrapper, inner rule name, numeric args)`` of a name ``wrapper(inner[, x, ...])``
     such as ``"modulated(oja)"`` or ``"modulated(hebb, 0.9)"``; None for a plain name."""
-    head, paren, rest = name.partition("(")
-    if not paren or head not in WRAPPERS:
+    call = _call_parts(name, WRAPPERS, "(<rule>[, <number>...])")
+    if call is None:
         return None
-    if not rest.endswith(")"):
-        raise ValueError(f"rule name {name!r}: expected {head}(<rule>[, <number>...])")
-    inner, *args = _top_level_parts(rest[:-1])
+    head, (inner, *args) = call
     try:
         numbers = tuple(float(arg) for arg in args)
     except ValueError:
@@ -214,13 +212,12 @@ def _parse_hyperparameters(name: str) -> tuple[str, dict[str, float]] | None:
     """``(registry name, {hyperparameter: number})`` of a name such as
     ``"rls(alpha=0.1)"``, so that a command line or a saved config can name a rule built
     with other hyperparameters; None for any other name."""
-    head, paren, rest = name.partition("(")
-    if not paren or head not in REGISTRY:
+    call = _call_parts(name, REGISTRY, "(<name>=<number>, ...)")
+    if call is None:
         return None
-    if not rest.endswith(")"):
-        raise ValueError(f"rule name {name!r}: expected {head}(<name>=<number>, ...)")
+    head, parts = call
     given = {}
-    for part in _top_level_parts(rest[:-1]):
+    for part in parts:
         key, equals, value = (x.strip() for x in part.partition("="))
         try:
             given[key] = int(value) if value.lstrip("+-").isdigit() else float(value)
@@ -230,6 +227,18 @@ def _parse_hyperparameters(name: str) -> tuple[str, dict[str, float]] | None:
             raise ValueError(f"rule name {name!r}: expected {head}(<name>=<number>, ...), "
                              f"got {part!r}")
     return head, given
+
+
+def _call_parts(name: str, heads: Mapping, form: str) -> tuple[str, list[str]] | None:
+    """``(head, [argument, ...])`` of a name ``head(arg, ...)`` whose head is in ``heads``;
+    None for any other name. ValueError, naming the expected ``head<form>``, when the
+    closing parenthesis is missing."""
+    head, paren, rest = name.partition("(")
+    if not paren or head not in heads:
+        return None
+    if not rest.endswith(")"):
+        raise ValueError(f"rule name {name!r}: expected {head}{form}")
+    return head, _top_level_parts(rest[:-1])
 
 
 def _top_level_parts(text: str) -> list[str]:
