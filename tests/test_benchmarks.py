@@ -14,6 +14,7 @@ SIZES = ["--pop", "4", "--batch", "2", "--seq-len", "5", "--hidden", "8", "--voc
          "--repeats", "1", "--no-roofline"]
 
 
+@pytest.mark.slow  # end to end: the benchmark script
 def test_bench_es_times_the_evaluation_and_generations():
     record = bench_es.main(SIZES + ["--generations", "2"])
     assert record["synapse_updates_per_s"] > 0 and record["generation_seconds"] > 0

@@ -23,26 +23,47 @@ def with_flag(flags: list[str], name: str, value: str) -> list[str]:
     return flags[: i + 1] + [value] + flags[i + 2:]
 
 
-def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
+# The report's own row only, no plots: what the tests of run directories need; the
+# baselines and plots are tested once, in the second tier.
+QUICK = ["--report", "rule", "--no-plots"]
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.msgpack", "report.md", "report.json")
+
+
+def test_a_run_writes_its_files_refuses_a_changed_resume_and_extends(tmp_path):
     out = str(tmp_path / "run")
-    rows = es_abcd.main(TINY + ["--out", out])
-    models = [r["model"] for r in rows]
-    for expected in ("evolved rule", "plasticity off", "random coefficients", "Hebb (readout)",
-                     "Hebb with decay (readout)", "Delta rule (readout)", "bigram (train-fitted)"):
-        assert expected in models
-    for name in ("config.json", "metrics.jsonl", "checkpoint.msgpack", "report.md",
-                 "report.json", "fitness.png", "coefficients.png", "weights.png"):
+    rows = es_abcd.main(TINY + QUICK + ["--out", out])
+    assert [r["model"] for r in rows] == ["evolved rule"]
+    for name in RUN_FILES:
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "metrics.jsonl")) as f:
         assert [json.loads(line)["generation"] for line in f] == [1, 2]
 
     with pytest.raises(ValueError, match="different configuration .*hidden"):
-        es_abcd.main(with_flag(TINY, "--hidden", "16") + ["--out", out, "--resume"])
+        es_abcd.main(with_flag(TINY, "--hidden", "16") + QUICK + ["--out", out, "--resume"])
 
     # A finished run resumed with more generations continues where it stopped.
-    es_abcd.main(with_flag(TINY, "--generations", "3") + ["--out", out, "--resume", "--no-plots"])
+    es_abcd.main(with_flag(TINY, "--generations", "3") + QUICK + ["--out", out, "--resume"])
     with open(os.path.join(out, "metrics.jsonl")) as f:
         assert [json.loads(line)["generation"] for line in f] == [1, 2, 3]
+
+
+@pytest.mark.slow  # end to end: every baseline of the report compiles, and the plots
+@pytest.mark.parametrize("outer, flags, learned", [
+    ("es", TINY, "evolved rule"),
+    ("gradient", TINY_RUN + ["--outer", "gradient", "--grad-lr", "0.1"], "learned rule (gradient)"),
+])
+def test_the_full_report_scores_every_baseline_and_draws_its_plots(outer, flags, learned,
+                                                                   tmp_path):
+    out = str(tmp_path / "run")
+    rows = es_abcd.main(flags + ["--out", out])
+    models = [r["model"] for r in rows]
+    assert models[0] == learned
+    for expected in ("plasticity off", "random coefficients", "Hebb (readout)",
+                     "Hebb with decay (readout)", "Delta rule (readout)",
+                     "bigram (train-fitted)"):
+        assert expected in models
+    for name in RUN_FILES + ("fitness.png", "coefficients.png", "weights.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
 
 
 @pytest.mark.parametrize(
@@ -54,13 +75,25 @@ def test_tiny_run_writes_everything_and_refuses_a_changed_resume(tmp_path):
         (["--pop", "5"], "--pop must be even"),
     ],
 )
-def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
+def test_bad_flags_give_one_line_errors(flags, message, tmp_path, capsys):
+    # In this process, through the script's own entry point (`cli.run`); the next test
+    # starts the script itself once.
+    from plastix import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(es_abcd.main, [*flags, "--out", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_the_script_answers_a_mistake_in_one_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "es_abcd.py"), *flags,
+        [sys.executable, os.path.join(ROOT, "experiments", "es_abcd.py"), "--pop", "5",
          "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: --pop must be even for antithetic sampling, which pairs members (z, -z), got 5"]
 
 
 def test_delta_start_is_the_delta_rule():
@@ -214,26 +247,24 @@ def test_gradient_outer_loop_writes_the_same_run_directory_and_resumes(tmp_path)
     from plastix import metagrad
 
     out = str(tmp_path / "run")
-    grad = TINY_RUN + ["--outer", "gradient", "--grad-lr", "0.1"]
+    grad = TINY_RUN + ["--outer", "gradient", "--grad-lr", "0.1"] + QUICK
     rows = es_abcd.main(grad + ["--out", out])
-    assert rows[0]["model"] == "learned rule (gradient)"
-    assert "Delta rule (readout)" in [r["model"] for r in rows]
-    for name in ("config.json", "metrics.jsonl", "checkpoint.msgpack", "report.md",
-                 "report.json", "fitness.png", "coefficients.png", "weights.png"):
+    assert [r["model"] for r in rows] == ["learned rule (gradient)"]
+    for name in RUN_FILES:
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["outer"] == "gradient"
 
     # The same directory cannot be resumed by the other outer loop, nor with other settings.
     with pytest.raises(ValueError, match=r"differs in: es\.population, grad\.learning_rate, outer\)"):
-        es_abcd.main(TINY + ["--out", out, "--resume"])
+        es_abcd.main(TINY + QUICK + ["--out", out, "--resume"])
     with pytest.raises(ValueError, match=r"differs in: grad\.learning_rate"):
         es_abcd.main(with_flag(grad, "--grad-lr", "0.2") + ["--out", out, "--resume"])
 
     # Extended on resume, it equals a run that long from the start.
-    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", out, "--resume", "--no-plots"])
+    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", out, "--resume"])
     straight = str(tmp_path / "straight")
-    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", straight, "--no-plots"])
+    es_abcd.main(with_flag(grad, "--generations", "3") + ["--out", straight])
     records = []
     for run in (out, straight):
         with open(os.path.join(run, "metrics.jsonl")) as f:

@@ -48,6 +48,7 @@ def test_divergent_plastic_weights_never_poison_the_es_state():
     assert np.all(np.isfinite(best) != all_diverged)
 
 
+@pytest.mark.slow  # learns to a criterion; a generation is tested against evosax's ask and tell
 def test_short_es_run_improves_held_out_fitness():
     evolution = evolve.make_evolution(NET, TASK, CFG, jax.random.key(0))
     state, history = evolve.evolve(evolution, seed=0, generations=30, log_every=15)

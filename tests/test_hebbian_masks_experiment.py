@@ -56,6 +56,7 @@ def check_report(args, part: str) -> dict:
     return report
 
 
+@pytest.mark.slow  # end to end: the experiment trains, prunes and reports every model
 def test_tiny_experiment_writes_a_consistent_report_and_reads_finished_runs_back(
         tmp_path, monkeypatch):
     flags = [*TINY, "--parts", "mlp", "--out", str(tmp_path)]

@@ -477,6 +477,7 @@ def test_bad_use_is_refused_in_one_line():
     assert all("\n" not in str(e.value) for e in errors)
 
 
+@pytest.mark.slow  # end to end: a masked model trained by train.fit; the masks' contract is tested above
 def test_masks_train_the_fast_weights_model_through_fit(tmp_path):
     """The gradient path's fast-weights model (Ba et al. 2016) with both its readout layers
     masked: fit prunes them, and what it scores is the masked forward pass."""

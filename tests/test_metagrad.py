@@ -151,6 +151,7 @@ def test_divergent_updates_are_skipped_and_counted():
     assert np.all(np.isfinite(_flat(new.opt_state)))
 
 
+@pytest.mark.slow  # learns to a criterion; the gradient itself is tested against finite differences
 def test_a_short_descent_learns_the_task():
     net = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=16, log_rates=True,
                              layer_rules=(("out", "ABCD_lr"),))

@@ -124,6 +124,7 @@ def test_unknown_model_name_lists_known_ones():
         models.make_cell("transformer", 8, 8)
 
 
+@pytest.mark.slow  # trains each model to a criterion; the cells' equations are tested step by step above
 @pytest.mark.parametrize("name", sorted(models.CELLS))
 def test_each_model_overfits_a_tiny_batch(name):
     task = tasks.get("assoc_retrieval")

@@ -21,9 +21,6 @@ assert float(metrics["best_fitness"][-1]) < float(metrics["best_fitness"][0]) - 
     "ES did not lower the fitness of the new rule"
 """
 
-# Its own worker: the kernel is a second process that compiles as much as a test does.
-pytestmark = pytest.mark.xdist_group("notebook")
-
 
 def this_interpreters_kernel() -> KernelManager:
     """A kernel manager for ipykernel in ``sys.executable``, whatever kernelspecs the user
@@ -33,6 +30,7 @@ def this_interpreters_kernel() -> KernelManager:
     return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
+@pytest.mark.slow  # end to end: the whole tour in a kernel
 def test_tour_notebook_executes(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)

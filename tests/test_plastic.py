@@ -53,6 +53,7 @@ def test_teaching_signal_uses_next_input_or_scored_target():
     np.testing.assert_array_equal(teach_on, [1, 1, 1, 0])
 
 
+@pytest.mark.slow  # learns to a criterion; the lifetime is tested against its reference below
 def test_hebbian_readout_learns_retrieval_and_frozen_net_does_not():
     """Plain Hebb on (h, teacher) stores key -> value; without plasticity accuracy is chance."""
     inputs, targets, mask = TASK.sample(jax.random.key(3), 256, "valid")

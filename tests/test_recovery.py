@@ -11,13 +11,14 @@ import pytest
 
 from plastix import cli, evolve, recovery, rules
 
+
 # Small recordings; the experiment's smoke test below uses the same shapes, so it reuses
 # the compiled fit.
 STEPS, RECORDINGS = 60, 2
 FAMILIES = {"oja": "polynomial", "delta": "multilinear_mod"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data():
     """``rule -> (setup, recording)``, noiseless and complete."""
     out = {}
@@ -199,6 +200,7 @@ def test_bad_inputs_are_refused_with_a_clear_message(data):
                         evolve.ESConfig(strategy="CMA_ES"), generations=0)
 
 
+@pytest.mark.slow  # end to end: the rule-recovery experiment and its report
 def test_the_experiment_writes_its_report(tmp_path, capsys):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
     import rule_recovery

@@ -18,9 +18,6 @@ import es_abcd  # noqa: E402
 
 from plastix import cli, evolve, runs  # noqa: E402
 
-# One worker for every test here: they share one compiled tiny run.
-pytestmark = pytest.mark.xdist_group("es_abcd_runs")
-
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "4",
         "--log-every", "2", "--eval-batch", "16", "--pop", "4", "--no-plots"]
 
@@ -182,7 +179,7 @@ def test_bad_corpora_are_named(name, message, tmp_path, capsys):
 # --- run directories ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished(tmp_path_factory) -> str:
     """A finished tiny run (4 generations, a checkpoint every 2)."""
     out = str(tmp_path_factory.mktemp("finished") / "run")
@@ -376,7 +373,7 @@ def _outcome(run: str) -> dict:
             "rows": report["rows"], "coeffs": report["evolved_coeffs"], "report.md": markdown}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(tmp_path_factory) -> dict:
     out = str(tmp_path_factory.mktemp("straight") / "run")
     es_abcd.main([f for f in TINY if f != "--no-plots"] + ["--out", out])

@@ -275,6 +275,7 @@ def test_compare_outer_runs_a_tiny_preset_and_reads_it_back(tmp_path, monkeypatc
         compare_outer.main([*argv[:3], "0.02", *argv[4:]])
 
 
+@pytest.mark.slow  # end to end: the pattern-completion experiment and its report
 def test_pattern_completion_trains_and_reports_on_a_tiny_task(tmp_path):
     # The non-plastic arm alone: the plastic ones' training is tested in
     # test_differentiable_plasticity.py, and each arm compiles its own.
@@ -286,6 +287,7 @@ def test_pattern_completion_trains_and_reports_on_a_tiny_task(tmp_path):
     assert {"report.md", "report.json", "curves.png"} <= set(os.listdir(tmp_path))
 
 
+@pytest.mark.slow  # end to end: two benchmark scripts
 def test_bench_tasks_and_bench_fast_weights_run_on_tiny_sizes(tmp_path, paths):
     record = bench_tasks.main(["--path", paths["corpus"], "--batch", "2", "--seq-len", "5",
                                "--repeats", "1"])

@@ -80,6 +80,7 @@ def test_subtracting_the_mean_change_zeroes_each_units_mean():
     assert abs(float(stats.dw_sum)) < 1e-5 and float(stats.dw_abs) > 0
 
 
+@pytest.mark.slow  # learns to a criterion; the settling and the rules' steps are tested exactly above
 @pytest.mark.parametrize("method", ["chl", "generec"])
 def test_local_rules_learn_ra25_to_criterion(method):
     _, history = settling.train(NET, method, 0.1, jax.random.key(1), XS, TS, 30)
@@ -105,6 +106,7 @@ def test_bad_settings_are_named():
                              None, XS[0], TS[0])
 
 
+@pytest.mark.slow  # end to end: the local-learning experiment and its report
 def test_the_experiment_writes_its_report(tmp_path):
     import os
     import sys

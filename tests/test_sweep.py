@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 import sweep  # noqa: E402
 
+
 TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2",
         "--generations", "4", "--log-every", "2", "--eval-batch", "16"]
 # Two compiled groups (rules), each of two cells differing in seed and lr.
@@ -38,7 +39,7 @@ def close(a: dict, b: dict, rtol=1e-4) -> bool:
         for k in a)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def swept(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("sweep") / "s")
     sweep.main([*AXES, "--out", out, "--", *TINY])
@@ -96,7 +97,9 @@ def test_a_killed_sweep_redoes_no_finished_cell(swept, tmp_path, monkeypatch):
         assert close(a, b)
 
 
-def test_bad_grids_are_refused_in_one_line(tmp_path):
+def test_bad_grids_are_refused_in_one_line(tmp_path, capsys):
+    from plastix import cli
+
     for argv, message in (
         ([], "nothing to sweep"),
         (["--vary", "seed"], "write FLAG=V1,V2"),
@@ -104,11 +107,12 @@ def test_bad_grids_are_refused_in_one_line(tmp_path):
         (["--vary", "seed=0,1", "--", "--outer", "gradient"], "a sweep runs ES"),
         (["--vary", "seed=0,1", "--", "--out", "x"], "--out is the sweep's"),
     ):
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
-                              "--out", str(tmp_path / "s"), *argv], capture_output=True,
-                             text=True, cwd=ROOT)
-        assert out.returncode == 2 and message in out.stderr, (argv, out.stderr)
-        assert len(out.stderr.strip().splitlines()) <= 2, out.stderr
+        # In this process, through the script's own entry point.
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(sweep.main, ["--out", str(tmp_path / "s"), *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err, (argv, err)
+        assert len(err.strip().splitlines()) <= 2, err
 
 
 def _free_port() -> int:
@@ -117,7 +121,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xdist_group("processes")
+@pytest.mark.slow  # end to end: three processes, each compiling the sweep
 def test_two_processes_agree_with_one(tmp_path):
     """The same sweep in 2 jax.distributed processes of 2 CPU devices each and in 1 process
     of 4 devices: one mesh of 4 devices both times, the same results."""

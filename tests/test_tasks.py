@@ -9,6 +9,7 @@ import pytest
 
 from plastix import tasks
 
+
 KEY = jax.random.key(0)
 
 # Small configurations of every task that needs no download (text gets a file below).
@@ -30,7 +31,7 @@ def random_text(size, alphabet, seed):
     return "".join(rng.choice(list(alphabet), size=size))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory):
     """A 4,000-character random text; its windows of 30 characters are unique, so a
     window found in one split cannot also come from another."""
@@ -40,7 +41,7 @@ def corpus_file(tmp_path_factory):
     return str(path), text
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_tasks(corpus_file):
     built = {name: tasks.get(name, **config) for name, config in SMALL_CONFIGS.items()}
     built["text"] = tasks.get("text", path=corpus_file[0], seq_len=CORPUS_WINDOW)

@@ -53,6 +53,7 @@ def ngram_rows(results: dict) -> list[dict]:
             for name in results["ngrams"]["lengths"]["20"]]
 
 
+@pytest.mark.slow  # end to end: the text experiment's parts and report
 def test_rules_and_ngrams_report_and_are_read_back(corpus, tmp_path):
     out = str(tmp_path / "text")
     argv = ["--corpus", corpus, "--out", out, *TINY, *RULES, "--parts", "ngrams", "rules",
