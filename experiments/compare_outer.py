@@ -11,7 +11,7 @@ held-out test sequences with the same initial weights:
 Presets (their flags are printed in the report): ``assoc`` (associative retrieval, ABCD
 readout), ``overwrite`` (recall with overwrites, the 16-term ``multilinear_mod`` readout
 from zero, against the hand-tuned delta rule) and ``text`` (100-character lifetimes of a
-text file; ``--text-path``, default the tiny-shakespeare copy beside the repository).
+text file; ``--text-path``, default tiny shakespeare as bundled with plastix).
 
 Writes ``--out/report.md`` and ``report.json`` (default ``runs/compare_outer``; the
 published copy, ``experiments/results/compare_outer.md``, changes only when copied there):
@@ -36,11 +36,8 @@ import es_abcd  # noqa: E402  (sets the device policy before JAX starts)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import checks, cli, plastic, runs  # noqa: E402
+from plastix import checks, cli, plastic, runs, tasks  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TEXT = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
-                                            "input.txt"))
 TEST_SEED = 777
 # Far more updates than any budget allows: the budget ends every run.
 UNBOUNDED = 10**9
@@ -88,7 +85,9 @@ def parser() -> cli.Parser:
     p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0])
     p.add_argument("--eval-batch", type=checks.SIZE, default=1024,
                    help="held-out sequences scored (validation while running, test at the end)")
-    p.add_argument("--text-path", default=DEFAULT_TEXT, help="corpus of the text preset")
+    p.add_argument("--text-path", default=tasks.TINY_SHAKESPEARE,
+                   help="corpus of the text preset: a UTF-8 text file, or the name of a "
+                        "corpus bundled with plastix")
     p.add_argument("--out", default="runs/compare_outer")
     return p
 
@@ -98,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args, given = cli.parse(parser(), argv)
     if "text" not in args.presets:
         cli.refuse(given, ["text_path"], "without the text preset (--presets text)")
-    elif not os.path.isfile(args.text_path):
+    elif not os.path.isfile(tasks.corpus_path(args.text_path)):
         raise checks.FieldError("--text-path", f"{args.text_path}: no such file (the text "
                                                f"preset needs a corpus); give a text file")
     for flag, values in (("--presets", args.presets), ("--seeds", args.seeds)):

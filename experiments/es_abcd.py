@@ -10,8 +10,7 @@ gradient through the lifetime (plastix.metagrad).
     python experiments/es_abcd.py                          # associative retrieval, ABCD_lr readout
     python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
         --strategy CMA_ES --log-rates --init-mean zero --sigma 0.3 --batch 128
-    python experiments/es_abcd.py --task text --text-path ../shared/data/tinyshakespeare/input.txt \
-        --rule-out polynomial_mod --rule-rec ABCD_lr
+    python experiments/es_abcd.py --task text --rule-out polynomial_mod --rule-rec ABCD_lr
     python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
         --log-rates --init-mean zero --batch 128 --outer gradient --grad-lr 0.03
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
@@ -270,7 +269,9 @@ def parser() -> cli.Parser:
                    help="pairs per sequence (retrieval tasks)")
     p.add_argument("--num-keys", type=checks.SIZE, default=None,
                    help="key alphabet (recall_overwrite)")
-    p.add_argument("--text-path", default=None, help="local text file for --task text")
+    p.add_argument("--text-path", default=tasks.TINY_SHAKESPEARE,
+                   help="--task text's corpus: a UTF-8 text file, or the name of a corpus "
+                        "bundled with plastix")
     p.add_argument("--seq-len", type=checks.SIZE, default=None, help="window length (text tasks)")
     for layer in plastic.LAYERS:
         default = "ABCD_lr" if layer == "out" else "none"
@@ -326,8 +327,10 @@ def parse_flags(argv=None) -> tuple[argparse.Namespace, dict[str, str]]:
 
 
 def task_config(args) -> TaskConfig:
+    # --text-path has a default (the bundled corpus) that only the tasks with a corpus take.
+    path = args.text_path if "path" in tasks.settings(args.task) else None
     return TaskConfig(name=args.task, num_pairs=args.num_pairs, num_keys=args.num_keys,
-                      path=args.text_path, seq_len=args.seq_len)
+                      path=path, seq_len=args.seq_len)
 
 
 def build_task(args):
@@ -378,8 +381,6 @@ def refuse_inapplicable(args, given: dict[str, str]) -> None:
     task setting the task does not take, a setting of the other outer loop, a hidden
     start rate with the rules' default start."""
     takes = tasks.settings(args.task)
-    if args.task == "text" and args.text_path is None:
-        raise ValueError("--task text needs --text-path FILE (a plain-text corpus)")
     cli.refuse(given, [dest for dest, setting in TASK_FLAGS.items() if setting not in takes],
                f"to --task {args.task}")
     es_only = [f.name for f in dataclasses.fields(evolve.ESConfig) if f.name not in SHARED_FIELDS]

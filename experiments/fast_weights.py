@@ -37,12 +37,8 @@ import jax
 
 from plastix import checks, cli, models, runs, tasks, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED_RESULTS = os.path.join("experiments", "results")
-# Beside the repository, as the other experiments look for it; normalised, so that the
-# path saved in a run's config is the same however the repository is reached.
-DEFAULT_CORPUS = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
-                                              "input.txt"))
+DEFAULT_CORPUS = tasks.TINY_SHAKESPEARE
 
 # The task configurations the experiments use: name -> kwargs of tasks.get.
 TASK_CONFIGS = {
@@ -187,13 +183,16 @@ def results_dir(args) -> Path:
 
 
 def text_task_config(corpus: str) -> dict:
-    """The text task's config on ``corpus`` (its absolute path, so that a run's config
-    names the file however the flag spelled it); ValueError naming --corpus if missing."""
-    if not os.path.isfile(corpus):
+    """The text task's config on ``corpus``: a bundled corpus by its name, a file by its
+    absolute path (so that a run's config names the file however the flag spelled it);
+    ValueError naming --corpus if missing."""
+    path = tasks.corpus_path(corpus)
+    if not os.path.isfile(path):
         raise ValueError(f"--corpus {corpus}: " + (
-            "is a directory, not a text file" if os.path.isdir(corpus) else "no such file")
-            + "; give the path of a UTF-8 text file (tiny shakespeare's input.txt)")
-    return {**TASK_CONFIGS["text"], "path": os.path.abspath(corpus)}
+            "is a directory, not a text file" if os.path.isdir(path) else "no such file")
+            + f"; give the path of a UTF-8 text file (or {tasks.TINY_SHAKESPEARE})")
+    return {**TASK_CONFIGS["text"],
+            "path": corpus if corpus in tasks.BUNDLED_CORPORA else os.path.abspath(corpus)}
 
 
 def cmd_train(args, given):
@@ -431,7 +430,7 @@ def _add_results_flag(p):
 
 def _add_corpus_flag(p):
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
-                   help="tiny shakespeare's input.txt (any UTF-8 text file)")
+                   help="any UTF-8 text file, or the name of a corpus bundled with plastix")
 
 
 def parser() -> cli.Parser:

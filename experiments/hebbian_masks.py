@@ -65,9 +65,7 @@ import numpy as np
 
 from plastix import checks, cli, masks, models, runs, tasks, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
-                                              "input.txt"))
+DEFAULT_CORPUS = tasks.TINY_SHAKESPEARE
 EMBEDDED = "embedded"  # --corpus value: the short text below, for tests and smoke runs
 VALID_SEED, TEST_SEED, MASK_SEED = 778, 777, 1000
 PARTS = ("mlp", "cnn", "lm")
@@ -167,7 +165,8 @@ def parser() -> cli.Parser:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0, 1, 2])
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
-                   help=f"UTF-8 text for the lm part, or '{EMBEDDED}' for a short built-in one")
+                   help=f"UTF-8 text for the lm part, the name of a corpus bundled with "
+                        f"plastix, or '{EMBEDDED}' for a short built-in one")
     p.add_argument("--digits-steps", type=checks.SIZE, default=2000)
     p.add_argument("--digits-batch", type=checks.SIZE, default=64)
     p.add_argument("--digits-lr", type=checks.RATE, default=1e-3)
@@ -259,7 +258,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_budgets(args)
     if len(set(args.seeds)) != len(args.seeds):
         raise checks.FieldError("--seeds", f"must be distinct, got {args.seeds}")
-    if "lm" in args.parts and args.corpus != EMBEDDED and not os.path.isfile(args.corpus):
+    if "lm" in args.parts and args.corpus != EMBEDDED and \
+            not os.path.isfile(tasks.corpus_path(args.corpus)):
         raise checks.FieldError("--corpus", f"{args.corpus}: no such file; give a UTF-8 text "
                                             f"file or '{EMBEDDED}'")
     if args.report_only and not os.path.isdir(args.out):
@@ -272,6 +272,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def corpus_path(args) -> str:
+    """The lm part's corpus as its runs record it: a bundled corpus by its name, a file by
+    its absolute path, the embedded text as a file under --out."""
+    if args.corpus in tasks.BUNDLED_CORPORA:
+        return args.corpus
     if args.corpus != EMBEDDED:
         return os.path.abspath(args.corpus)
     path = os.path.join(args.out, "embedded_corpus.txt")

@@ -30,6 +30,10 @@ with a rate annealed by presynaptic use (``annealed``), and recursive least squa
     python experiments/text.py --parts ngrams rules              # some parts
     python experiments/text.py --corpus pg1342.txt --out runs/text_austen   # another book
 
+The corpus is tiny shakespeare as bundled with plastix unless ``--corpus`` names a file;
+results name it ``tinyshakespeare`` (and report.json its sha256), so they read back in any
+checkout.
+
 Each part is a set of cells, each an ``es_abcd.py`` or ``plastix.train`` run directory
 under ``--out`` with a ``result.json`` written when its evaluation is done; a finished
 cell is read back and an unfinished one resumes from its checkpoint, so a killed run is
@@ -59,9 +63,7 @@ import numpy as np  # noqa: E402
 
 from plastix import checks, cli, curves, models, ngram, plastic, runs, tasks, train  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
-                                              "input.txt"))
+DEFAULT_CORPUS = tasks.TINY_SHAKESPEARE
 TEST_SEED, VALID_SEED, LIFETIME_SEED = 777, 778, 779
 PARTS = ("ngrams", "rules", "priors", "lstm")
 LN2 = math.log(2)
@@ -182,7 +184,9 @@ def prior_cells() -> list[Cell]:
 
 def parser() -> cli.Parser:
     p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="any UTF-8 plain-text file")
+    p.add_argument("--corpus", default=DEFAULT_CORPUS,
+                   help="any UTF-8 plain-text file, or the name of a corpus bundled with "
+                        "plastix")
     p.add_argument("--out", default="runs/text", help="where cells, report and plots go")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--cells", nargs="+", default=None, metavar="NAME",
@@ -294,7 +298,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                             f"pairs), got {args.es_pop}")
     if len(set(args.seeds)) != len(args.seeds):
         raise checks.FieldError("--seeds", f"must not repeat a seed, got {args.seeds}")
-    if not os.path.isfile(args.corpus):
+    if not os.path.isfile(tasks.corpus_path(args.corpus)):
         raise checks.FieldError("--corpus", f"{args.corpus}: no such file; give a UTF-8 "
                                             f"text file")
     if args.report_only and not os.path.isdir(args.out):
@@ -784,7 +788,8 @@ def main(argv=None) -> dict:
     print("\n" + report)
     runs.write_text(os.path.join(args.out, "report.md"), report + "\n")
     runs.write_json(os.path.join(args.out, "report.json"),
-                    {"args": vars(args), "results": without_dynamics(results)})
+                    {"args": vars(args), "corpus_sha256": tasks.corpus_sha256(args.corpus),
+                     "results": without_dynamics(results)})
     if not args.no_plots:
         save_plots(args, results)
     print(f"wrote {args.out}/report.md, report.json"

@@ -10,9 +10,10 @@ by name, and a ``main`` that turns the user's mistakes into one line and exit st
     if __name__ == "__main__":
         cli.run(main)
 
-A user's mistake is a ``ValueError`` (a :class:`plastix.checks.FieldError` among them) or
-an ``OSError`` (a missing, unreadable or unwritable file): :func:`run` prints it as
-``error: <message>`` on one line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
+A user's mistake is a ``ValueError`` (a :class:`plastix.checks.FieldError` among them), an
+``OSError`` (a missing, unreadable or unwritable file) or a missing optional package
+(:class:`plastix.checks.MissingDependency`): :func:`run` prints it as ``error: <message>``
+on one line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 
-from plastix.checks import FieldError
+from plastix.checks import FieldError, MissingDependency
 
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, MissingDependency)
 EXIT_USAGE = 2
 
 

@@ -63,6 +63,15 @@ def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
 
 
+def test_task_text_reads_the_bundled_corpus_without_a_text_path():
+    from plastix import tasks
+
+    cfg, _ = es_abcd.parse_config(["--task", "text", "--seq-len", "8", "--hidden", "4",
+                                   "--out", "unused"])
+    assert cfg.task.path == tasks.TINY_SHAKESPEARE  # recorded by name, not by where it lies
+    assert cfg.net.vocab_size == 66
+
+
 def test_delta_start_is_the_delta_rule():
     """--init-mean delta puts the readout polynomial exactly at eta (m - y) x."""
     import jax
