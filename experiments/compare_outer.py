@@ -78,7 +78,7 @@ REPORT_FILES = ("report.md", "report.json")
 
 
 def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--budget-s", type=checks.RATE, default=240.0,
                    help="wall-clock seconds per run (compilation included)")

@@ -8,15 +8,17 @@ gradient`` trains the same parameters of the same network on the same loss by Ad
 gradient through the lifetime (plastix.metagrad).
 
     python experiments/es_abcd.py                          # associative retrieval, ABCD_lr readout
-    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
+    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \\
         --strategy CMA_ES --log-rates --init-mean zero --sigma 0.3 --batch 128
     python experiments/es_abcd.py --task text --rule-out polynomial_mod --rule-rec ABCD_lr
-    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \
+    python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \\
         --log-rates --init-mean zero --batch 128 --outer gradient --grad-lr 0.03
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
     python experiments/es_abcd.py --out runs/x --resume --generations 800  # or extend it
 
-Writes to --out (a plastix.runs run directory): config.json (the RunConfig: task, net,
+Writes to --out, or without it to a new directory runs/es_abcd/YYYYmmdd-HHMMSS of its own
+(so the same command runs again and again; --resume and --overwrite need --out). The run
+directory (plastix.runs) holds config.json (the RunConfig: task, net,
 es, seed, ...), metrics.jsonl, checkpoint.msgpack, report.json, report.md and plots
 (fitness.png, coefficients.png, weights.png). --resume refuses a directory whose
 config.json differs in anything but --generations, --chunk-size, --memory-budget-mb,
@@ -89,6 +91,9 @@ TEST_KEY = 777
 # What a run writes besides its run files; --overwrite removes them with the run.
 REPORT_FILES = ("report.md", "report.json", "fitness.png", "coefficients.png", "weights.png")
 
+# Where a run that names no --out gets a new directory of its own (`runs.new_run_dir`).
+RUNS_ROOT = os.path.join("runs", "es_abcd")
+
 # config.json keys a resumed run may set afresh: its length (the schedules and keys depend
 # only on the generation index, so a finished run resumed with more generations equals one
 # run for that many from the start), how the population is chunked (memory, not results),
@@ -141,7 +146,7 @@ class RunConfig:
       seed: seeds the ES run and the starting point.
       generations: how many generations the run lasts (may grow on resume).
       log_every: generations per logged, checkpointed block.
-      out: the run directory.
+      out: the run directory (None: a new one under `RUNS_ROOT`, made by `main`).
       plots: draw fitness.png, coefficients.png and weights.png.
       report: "full" scores the baselines beside the learned rule, "rule" only it.
     """
@@ -156,7 +161,7 @@ class RunConfig:
     seed: int = 0
     generations: int = 300
     log_every: int = 10
-    out: str = "runs/es_abcd"
+    out: str | None = None
     plots: bool = True
     report: str = "full"
 
@@ -263,16 +268,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parser() -> cli.Parser:
     """The command line: the run's own flags, then every ES and gradient setting."""
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.Parser(description=__doc__)
     p.add_argument("--task", default="assoc_retrieval", help="plastix.tasks name")
     p.add_argument("--num-pairs", type=checks.SIZE, default=None,
-                   help="pairs per sequence (retrieval tasks)")
+                   help="pairs per sequence, retrieval tasks (default: the task's own)")
     p.add_argument("--num-keys", type=checks.SIZE, default=None,
-                   help="key alphabet (recall_overwrite)")
+                   help="key alphabet, recall_overwrite (default: the task's own)")
     p.add_argument("--text-path", default=tasks.TINY_SHAKESPEARE,
                    help="--task text's corpus: a UTF-8 text file, or the name of a corpus "
                         "bundled with plastix")
-    p.add_argument("--seq-len", type=checks.SIZE, default=None, help="window length (text tasks)")
+    p.add_argument("--seq-len", type=checks.SIZE, default=None,
+                   help="window length, text tasks (default: the task's own)")
     for layer in plastic.LAYERS:
         default = "ABCD_lr" if layer == "out" else "none"
         p.add_argument(f"--rule-{layer}", default=default, help=f"rule of W_{layer} ('none': fixed)")
@@ -302,13 +308,15 @@ def parser() -> cli.Parser:
                    help="ES generations or gradient updates (0: report the starting point)")
     p.add_argument("--log-every", type=checks.SIZE, default=10)
     p.add_argument("--seed", type=checks.SEED, default=0)
-    p.add_argument("--out", default="runs/es_abcd")
+    p.add_argument("--out", default=None,
+                   help=f"the run directory (default: a new one, "
+                        f"{RUNS_ROOT}/YYYYmmdd-HHMMSS)")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its checkpoint")
+                        help="continue the run in --out from its checkpoint (needs --out)")
     choice.add_argument("--overwrite", action="store_true",
-                        help="replace the run --out holds (without either, a directory that "
-                             "holds a run is refused)")
+                        help="replace the run --out holds (needs --out; without either, a "
+                             "directory that holds a run is refused)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report", default="full", choices=REPORTS,
                    help="full: the learned rule beside the baselines (hand rules, random "
@@ -390,6 +398,7 @@ def refuse_inapplicable(args, given: dict[str, str]) -> None:
                f"to --outer {args.outer}")
     if args.init_mean == "defaults":
         cli.refuse(given, ["init_hidden_eta"], "to --init-mean defaults (use zero or delta)")
+    runs.check_named(args.out, run_mode(args), RUNS_ROOT)
 
 
 def flag_of(field: str) -> str:
@@ -850,6 +859,9 @@ def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = N
 
 def main(argv=None) -> list[dict]:
     cfg, mode = parse_config(argv)
+    if cfg.out is None:  # a directory of its own, so that the same command runs again
+        cfg = dataclasses.replace(cfg, out=runs.new_run_dir(RUNS_ROOT))
+        print(f"writing to {cfg.out}", flush=True)
     t0 = time.perf_counter()
     outer, history, learned = run_outer(cfg, mode)
     task, net = outer.task, outer.net

@@ -160,7 +160,7 @@ PART_INFO = {
 
 
 def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__)
     p.add_argument("--out", default="runs/hebbian_masks", help="where runs and report go")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--seeds", type=checks.SEED, nargs="+", default=[0, 1, 2])

@@ -4,7 +4,10 @@
         --vary rule-out=ABCD_lr,hebb,oja,ABCD --vary task=assoc_retrieval,copy,recall_overwrite \\
         --vary seed=0,1,2 -- --generations 100 --pop 32 --batch 16
     python experiments/sweep.py --config sweep.json --out runs/sweep   # the same from a file
-    python experiments/sweep.py ... --resume     # after a kill: finished cells are skipped
+    python experiments/sweep.py ... --out runs/sweep --resume   # after a kill: finished cells are skipped
+
+Without --out a sweep writes to a new directory runs/sweep/YYYYmmdd-HHMMSS of its own, so
+the same command runs again and again; --resume and --overwrite need --out.
 
 Each ``--vary FLAG=V1,V2,...`` is an axis of the grid over one ``es_abcd.py`` flag (rules
 per layer, task, granularity, seed, ES settings, ...); the flags after ``--`` (or the config
@@ -72,6 +75,8 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 import es_abcd  # noqa: E402
 from plastix import checks, cli, evolve, runs  # noqa: E402
 
+# Where a sweep that names no --out gets a new directory of its own (`runs.new_run_dir`).
+RUNS_ROOT = os.path.join("runs", "sweep")
 # What cells of one compiled program may differ in: values the program takes as inputs.
 VMAPPED = ("seed", "es.lr", "es.sigma")
 METRICS = ("test_accuracy", "test_nll", "test_bits")
@@ -108,17 +113,17 @@ def cell_name(values) -> str:
     return "__".join(f"{flag}={re.sub(r'[^A-Za-z0-9._-]', '_', v)}" for flag, v in values)
 
 
-def grid(axes: dict[str, list[str]], base: list[str], out: str) -> list[Cell]:
+def grid(axes: dict[str, list[str]], base: list[str]) -> list[Cell]:
     """Every combination of the axes' values, each checked as its ``es_abcd.py`` command
-    line (``base`` plus the cell's flags) would be."""
+    line (``base`` plus the cell's flags) would be; no cell has its run directory yet
+    (`placed`), so a refused grid leaves nothing behind."""
     cells = []
     for combo in itertools.product(*axes.values()):
         values = tuple(zip(axes, combo))
         name = cell_name(values)
         argv = [*base, *cell_flags(values)]
         try:
-            cfg, _ = es_abcd.parse_config([*argv, "--out", os.path.join(out, "cells", name),
-                                           "--no-plots"])
+            cfg, _ = es_abcd.parse_config([*argv, "--no-plots"])
         except SystemExit:  # argparse has printed the one-line error
             raise ValueError(f"cell {name}: its es_abcd.py flags are refused (above)") from None
         except ValueError as e:
@@ -127,6 +132,12 @@ def grid(axes: dict[str, list[str]], base: list[str], out: str) -> list[Cell]:
             raise ValueError("a sweep runs ES; run --outer gradient cells with es_abcd.py")
         cells.append(Cell(name, values, cfg))
     return cells
+
+
+def placed(cells: list[Cell], out: str) -> list[Cell]:
+    """The cells with their run directories, ``out/cells/<name>/``."""
+    return [dataclasses.replace(cell, cfg=dataclasses.replace(
+        cell.cfg, out=os.path.join(out, "cells", cell.name))) for cell in cells]
 
 
 def group_key(cfg: es_abcd.RunConfig) -> str:
@@ -383,14 +394,17 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.Parser(description=__doc__)
     add_grid_arguments(p)
-    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--out", default=None,
+                   help=f"the sweep's directory (default: a new one, "
+                        f"{RUNS_ROOT}/YYYYmmdd-HHMMSS)")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--resume", action="store_true",
                         help="continue the sweep in --out: finished cells are skipped, "
-                             "unfinished ones resume from their checkpoints")
-    choice.add_argument("--overwrite", action="store_true", help="replace the sweep in --out")
+                             "unfinished ones resume from their checkpoints (needs --out)")
+    choice.add_argument("--overwrite", action="store_true",
+                        help="replace the sweep in --out (needs --out)")
     p.add_argument("--coordinator", help="host:port of process 0 (jax.distributed)")
     p.add_argument("--num-processes", type=checks.SIZE, default=1)
     p.add_argument("--process-id", type=checks.COUNT, default=0)
@@ -444,9 +458,17 @@ def main(argv=None) -> list[dict]:
     if args.coordinator and jax.process_count() != args.num_processes:
         raise ValueError("--coordinator: start each process from the command line "
                          "(python experiments/sweep.py ... --coordinator HOST:PORT)")
+    mode = es_abcd.run_mode(args)
+    runs.check_named(args.out, mode, RUNS_ROOT)
+    if args.coordinator and args.out is None:
+        raise checks.FieldError("--coordinator", "needs --out DIR, one directory that every "
+                                                 "process names alike")
     axes, base = read_spec(args)
-    cells = grid(axes, base, args.out)
-    claim_sweep(args.out, es_abcd.run_mode(args))
+    cells = grid(axes, base)
+    if args.out is None:  # a directory of its own, so that the same command runs again
+        args.out = runs.new_run_dir(RUNS_ROOT)
+    cells = placed(cells, args.out)
+    claim_sweep(args.out, mode)
     done = {c.name: finished_row(c) if writes() else None for c in cells}
     finished = from_process_0(np.array([done[c.name] is not None for c in cells]))
     todo = [c for c, f in zip(cells, finished) if not f]

@@ -183,7 +183,7 @@ def prior_cells() -> list[Cell]:
 
 
 def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__)
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help="any UTF-8 plain-text file, or the name of a corpus bundled with "
                         "plastix")

@@ -16,7 +16,9 @@ appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` d
 Which run a directory holds is never left to chance (:func:`claim`): a new run does not
 start in a directory that holds another unless told to replace it, and a resume refuses a
 directory with nothing to resume, or a checkpoint it cannot read, or a history that does
-not reach its checkpoint.
+not reach its checkpoint. A command line that names no directory gets a new one of its own
+(:func:`new_run_dir`, as hydra and wandb do), so the same command can be run again and
+again; resuming or replacing a run needs its directory named (:func:`check_named`).
 
 Resuming means: refuse if the saved config differs from the current one in any key the
 caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
@@ -27,6 +29,7 @@ metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -105,6 +108,31 @@ CLAIM_MODES = ("new", "resume", "overwrite", "auto")
 def held_files(run_dir: str | os.PathLike) -> list[str]:
     """The run files (`RUN_FILES`) present in ``run_dir``: it holds a run if any."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+
+
+def new_run_dir(root: str | os.PathLike) -> str:
+    """A new, empty directory ``root/YYYYmmdd-HHMMSS`` (the local time; ``-2``, ``-3``, ...
+    after it when that is taken) for a run whose command line named none. It is made here,
+    at once, so that runs started in the same second never share one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(root, exist_ok=True)
+    for n in itertools.count(1):
+        path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+
+
+def check_named(out: str | None, mode: str, root: str, flag: str = "--out") -> None:
+    """Refuse to resume or replace (``mode`` "resume" or "overwrite") a run the command
+    line did not name: without ``flag`` every run gets a new directory under ``root``."""
+    if out is None and mode in ("resume", "overwrite"):
+        raise FieldError(f"--{mode}", f"needs {flag} DIR, the run to "
+                                      f"{'continue' if mode == 'resume' else 'replace'} "
+                                      f"(without {flag} every run gets a new directory "
+                                      f"under {root})")
 
 
 def check_output_file(path: str, flag: str, example: str) -> None:

@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 import sweep  # noqa: E402
 
+from plastix import cli  # noqa: E402
+
 TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2",
         "--generations", "4", "--log-every", "2", "--eval-batch", "16"]
 # Two compiled groups (rules), each of two cells differing in seed and lr.
@@ -109,6 +111,21 @@ def test_bad_grids_are_refused_in_one_line(tmp_path):
                              text=True, cwd=ROOT)
         assert out.returncode == 2 and message in out.stderr, (argv, out.stderr)
         assert len(out.stderr.strip().splitlines()) <= 2, out.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume"], "--resume needs --out DIR"),
+    (["--overwrite"], "--overwrite needs --out DIR"),
+    (["--coordinator", "localhost:1"], "--coordinator needs --out DIR"),
+    (["--", "--hidden", "0"], "cell seed=0"),
+])
+def test_a_sweep_refused_without_out_makes_no_directory(argv, message, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(sweep.main, ["--vary", "seed=0,1", *argv])
+    assert exit_.value.code == cli.EXIT_USAGE and message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
 
 
 def _free_port() -> int:
