@@ -19,6 +19,9 @@ test NLL and accuracy, wall time, updates, lifetimes evaluated and the learned c
 side by side. Each run is an ``es_abcd.py`` run directory under
 ``--out/<preset>_<outer>_s<seed>/``; a run that finished is read back instead of run again,
 so a killed comparison is completed by running the command again.
+
+``plastix compare-outer`` (installed with plastix) and
+``python experiments/compare_outer.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -27,12 +30,9 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import es_abcd  # noqa: E402  (sets the device policy before JAX starts)
+from plastix.experiments import es_abcd  # first: it sets the device policy before JAX starts
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -230,6 +230,3 @@ def main(argv=None) -> list[dict]:
     print(f"wrote {args.out}/report.md and report.json")
     return results
 
-
-if __name__ == "__main__":
-    cli.run(main)

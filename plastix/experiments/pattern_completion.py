@@ -27,6 +27,9 @@ to ``--out``.
 
 Reference: Miconi, Clune, Stanley, "Differentiable plasticity: training plastic neural
 networks with backpropagation", ICML 2018 (arXiv:1804.02464).
+
+``plastix pattern-completion`` (installed with plastix) and
+``python experiments/pattern_completion.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -367,6 +370,3 @@ def main(argv=None) -> list[dict]:
     print(f"wrote {args.out}/: report.md report.json curves.png")
     return rows
 
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -41,6 +41,9 @@ completed by running the same command again. ``--out`` receives ``report.md``,
 ``report.json``, ``learning_curve.png`` (bits/char against position, log-scaled, every rule
 and baseline) and ``dynamics.png`` (weight norms, update rate and a readout row across the
 longest lifetime).
+
+``plastix text`` (installed with plastix) and
+``python experiments/text.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -51,12 +54,9 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import es_abcd  # noqa: E402  (sets the device policy before JAX starts)
+from plastix.experiments import es_abcd  # first: it sets the device policy before JAX starts
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -796,6 +796,3 @@ def main(argv=None) -> dict:
           + ("" if args.no_plots else ", learning_curve.png, dynamics.png"))
     return results
 
-
-if __name__ == "__main__":
-    cli.run(main)

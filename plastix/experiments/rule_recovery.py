@@ -20,6 +20,9 @@ term after scaling both rules so that their largest ``|term|`` is 1, the R^2 of 
 rule's closed-loop weight trajectories against the true ones on held-out recordings, the
 loss of the fit and of the true rule on the observation, the wall seconds, and the
 coefficients themselves.
+
+``plastix rule-recovery`` (installed with plastix) and
+``python experiments/rule_recovery.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -390,6 +393,3 @@ def main(argv=None) -> list[dict]:
     print(f"wrote {args.out}/: report.md report.json ({total:.0f} s)")
     return rows
 
-
-if __name__ == "__main__":
-    cli.run(main)

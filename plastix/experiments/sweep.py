@@ -4,7 +4,7 @@
         --vary rule-out=ABCD_lr,hebb,oja,ABCD --vary task=assoc_retrieval,copy,recall_overwrite \\
         --vary seed=0,1,2 -- --generations 100 --pop 32 --batch 16
     python experiments/sweep.py --config sweep.json --out runs/sweep   # the same from a file
-    python experiments/sweep.py ... --out runs/sweep --resume   # after a kill: finished cells are skipped
+    python experiments/sweep.py ... --out runs/sweep --resume   # finished cells are skipped
 
 Without --out a sweep writes to a new directory runs/sweep/YYYYmmdd-HHMMSS of its own, so
 the same command runs again and again; --resume and --overwrite need --out.
@@ -23,6 +23,9 @@ population sharded over the devices as ``es_abcd.py`` shards one. Under
 ``jax.distributed`` (``--coordinator``) every process runs the same programs over one mesh
 of all processes' devices and process 0 writes the files. Writes ``--out``/results.jsonl
 (one line per cell), results.md (mean and spread over seeds) and heatmap.png.
+
+``plastix sweep`` (installed with plastix) and
+``python experiments/sweep.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -35,45 +38,22 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plastix import devices
 
-from plastix import devices  # noqa: E402
-
+# The device policy, before anything starts JAX's backends (importing es_abcd does; the
+# `plastix sweep` command starts jax.distributed before this module is imported).
 devices.use_all_cpu_cores()
 
 import jax  # noqa: E402
-
-
-def start_distributed(argv: list[str]) -> None:
-    """``jax.distributed.initialize`` from the --coordinator, --num-processes and
-    --process-id flags, before anything starts JAX's backends (importing evosax does)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--coordinator")
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    args, _ = p.parse_known_args(argv)
-    if args.coordinator is None:
-        return
-    # Collectives between CPU processes (the tests' two local processes); GPUs and TPUs
-    # bring their own.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id)
-
-
-if __name__ == "__main__":
-    start_distributed(sys.argv[1:])
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-import es_abcd  # noqa: E402
 from plastix import checks, cli, evolve, runs  # noqa: E402
+from plastix.experiments import es_abcd  # noqa: E402
 
 # Where a sweep that names no --out gets a new directory of its own (`runs.new_run_dir`).
 RUNS_ROOT = os.path.join("runs", "sweep")
@@ -503,6 +483,3 @@ def main(argv=None) -> list[dict]:
                                                                 else "") + " cells/")
     return results
 
-
-if __name__ == "__main__":
-    cli.run(main)

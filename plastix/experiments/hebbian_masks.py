@@ -47,6 +47,9 @@ checkpoint, so running the same command again completes an interrupted experimen
     python experiments/hebbian_masks.py                          # everything
     python experiments/hebbian_masks.py --parts mlp --seeds 0    # one part, one seed
     python experiments/hebbian_masks.py --quick --out /tmp/hm    # a tiny smoke run
+
+``plastix hebbian-masks`` (installed with plastix) and
+``python experiments/hebbian_masks.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -881,6 +884,3 @@ def main(argv=None) -> dict:
           + ("" if args.no_plots else ", sparsity_vs_error.png, sparsity_over_time.png"))
     return parts
 
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -21,6 +21,9 @@ published tables in ``experiments/results/`` change only when asked for with
 
 Reference: Ba, Hinton, Mnih, Leibo, Ionescu, "Using Fast Weights to Attend to the Recent
 Past", NeurIPS 2016 (arXiv:1610.06258), section 4.1 and Table 1.
+
+``plastix fast-weights`` (installed with plastix) and
+``python experiments/fast_weights.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -489,6 +492,3 @@ def main(argv=None):
     args, given = cli.parse(parser(), argv)
     args.func(args, given)
 
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -10,6 +10,9 @@ digits: the best validation accuracy), then ``--seeds`` fresh seeds are trained 
 under ``vmap``. Writes to ``--out``: ``report.md`` / ``report.json`` (epochs to criterion,
 final errors or accuracy, learning curves per seed, the mean weight change per epoch)
 and ``curves.png`` (errors or accuracy per epoch, mean over seeds).
+
+``plastix local-learning`` (installed with plastix) and
+``python experiments/local_learning.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -216,6 +219,3 @@ def main(argv=None) -> list[dict]:
     print(f"wrote {args.out}/: report.md report.json curves.png")
     return rows
 
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -27,6 +27,9 @@ Every field of plastix.evolve.ESConfig has a flag (see the ES group below; a boo
 is --F / --no-F), and so has every field of plastix.metagrad.GradConfig (the gradient
 group; --batch, --eval-batch, --l2 and --l2-reduce serve both outer loops).
 --generations counts ES generations or gradient updates.
+
+``plastix evolve`` (installed with plastix) and
+``python experiments/es_abcd.py`` (in a checkout) run this module.
 """
 
 from __future__ import annotations
@@ -877,6 +880,3 @@ def main(argv=None) -> list[dict]:
           f"report.json" + (" fitness.png coefficients.png weights.png" if cfg.plots else ""))
     return rows
 
-
-if __name__ == "__main__":
-    cli.run(main)
