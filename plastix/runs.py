@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plastix import progress
 from plastix.checks import FieldError
 from plastix.cli import one_line
 
@@ -487,7 +488,9 @@ def run_blocks(
     seconds after this call began (for runs compared at equal wall-clock time; where it
     stops then depends on the machine's speed). ``on_start(step)`` is called once the
     run's first step is settled (0, or a resumed checkpoint's) and before anything in
-    ``out_dir`` changes, so a refused resume leaves the directory as it was.
+    ``out_dir`` changes, so a refused resume leaves the directory as it was. On a
+    terminal a progress bar with the ETA stays under what ``on_log`` prints
+    (`plastix.progress`); elsewhere the output is ``on_log``'s alone.
 
     Raises:
       ValueError: on resume, a checkpoint that cannot be read into ``state``'s structure,
@@ -514,18 +517,23 @@ def run_blocks(
         on_start(start)
     state = place(state)
     step, began = start, time.perf_counter()
-    while step < total:
-        if time_budget_s is not None and time.perf_counter() - began >= time_budget_s:
-            break
-        count = min(log_every, total - step)
-        state, record = advance(state, step, count)
-        step += count
-        history.append(record)
-        if log is not None:
-            # Record first: a kill between the two leaves a record past the checkpoint,
-            # which the resumed run drops and logs again.
-            log.append(record)
-            save_checkpoint(ckpt_path, state, step)
-        if on_log is not None:
-            on_log(record)
+    # A run stopped by its time budget has no known end, so no ETA.
+    with progress.bar(None if time_budget_s is not None else total, initial=start,
+                      unit=step_key, desc=out_dir and os.path.basename(out_dir)) as bar:
+        while step < total:
+            if time_budget_s is not None and time.perf_counter() - began >= time_budget_s:
+                break
+            count = min(log_every, total - step)
+            state, record = advance(state, step, count)
+            step += count
+            history.append(record)
+            if log is not None:
+                # Record first: a kill between the two leaves a record past the
+                # checkpoint, which the resumed run drops and logs again.
+                log.append(record)
+                save_checkpoint(ckpt_path, state, step)
+            bar.update(count)
+            if on_log is not None:
+                with bar.above():
+                    on_log(record)
     return state, history

@@ -180,6 +180,15 @@ def _json_value(text: str):
     return tuple(value) if isinstance(value, list) else value
 
 
+# The ES and gradient flags are generated from the config dataclasses here, not by a
+# command-line library: tyro 1.0 (tried on ESConfig and GradConfig) reports a bad value
+# as a boxed panel of 8-10 lines, not one `error:` line; cannot tell which flags a
+# command line wrote, which cli.refuse needs; has no map of other spellings (--pop,
+# --l2, --grad-lr would need tyro annotations on plastix's own configs) and spells
+# nested configs --es.lr, --grad.learning-rate; and flattening both configs into one
+# namespace fails on the fields they share (an AssertionError "Name conflict").
+
+
 def _attribute_docs(cls: type) -> dict[str, str]:
     """``name -> description`` from the "Attributes:" section of ``cls``'s docstring
     (an entry may describe several names: ``lr, lr_decay, lr_min: ...``)."""

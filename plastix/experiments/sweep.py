@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from plastix import checks, cli, evolve, runs  # noqa: E402
+from plastix import checks, cli, evolve, progress, runs  # noqa: E402
 from plastix.experiments import es_abcd  # noqa: E402
 
 # Where a sweep that names no --out gets a new directory of its own (`runs.new_run_dir`).
@@ -187,9 +187,10 @@ def writes() -> bool:
     return jax.process_index() == 0
 
 
-def run_group(cells: list[Cell], progress) -> list[dict]:
+def run_group(cells: list[Cell], on_block) -> list[dict]:
     """Run one group to its last generation, logging and checkpointing every cell's run
-    directory after every block; returns the cells' report rows."""
+    directory after every block (then ``on_block(cell-generations done, first cell's
+    name, the group's step, its last step)``); returns the cells' report rows."""
     cfg = cells[0].cfg
     evolution = global_evolution(cfg)
     whole = NamedSharding(evolution.mesh, PartitionSpec())
@@ -235,7 +236,7 @@ def run_group(cells: list[Cell], progress) -> list[dict]:
             steps[i] += count
             if steps[i] >= total:
                 finals[i] = jax.tree.map(lambda x: x[i], host_states)
-        progress(count * len(cells), cells[0].name, min(steps), total)
+        on_block(count * len(cells), cells[0].name, min(steps), total)
     return report_cells(cells, evolution, put(jax.tree.map(lambda *xs: np.stack(xs), *finals)))
 
 
@@ -457,18 +458,21 @@ def main(argv=None) -> list[dict]:
           f"{len(groups(todo))} compiled groups | {jax.device_count()} {jax.default_backend()} "
           f"device(s) in {jax.process_count()} process(es) | {args.out}", flush=True)
     t0, advanced = time.perf_counter(), [0]
+    with progress.bar(work, unit="cell-generation", desc=os.path.basename(args.out)) as bar:
 
-    def progress(generations: int, group: str, step: int, total: int) -> None:
-        advanced[0] += generations
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / advanced[0] * (work - advanced[0])
-        print(f"[{100 * advanced[0] / work:5.1f}%] {advanced[0]}/{work} cell-generations | "
-              f"group of {group} at {step}/{total} | {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
-              flush=True)
+        def report(generations: int, group: str, step: int, total: int) -> None:
+            advanced[0] += generations
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / advanced[0] * (work - advanced[0])
+            bar.update(generations)
+            with bar.above():
+                print(f"[{100 * advanced[0] / work:5.1f}%] {advanced[0]}/{work} "
+                      f"cell-generations | group of {group} at {step}/{total} | "
+                      f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left", flush=True)
 
-    for group in groups(todo):
-        for cell, row in zip(group, run_group(group, progress)):
-            done[cell.name] = row
+        for group in groups(todo):
+            for cell, row in zip(group, run_group(group, report)):
+                done[cell.name] = row
     if not writes():
         return []
     results = [{"cell": c.name, "values": dict(c.values), **done[c.name]} for c in cells]
