@@ -31,7 +31,7 @@ from plastix import cli, runs  # noqa: E402
 
 
 def parser() -> cli.Parser:
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.Parser(description=__doc__)
     sweep.add_grid_arguments(p)
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--sweep-out", help="keep the timed sweep's run directory here (its table "
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     axes, base = sweep.read_spec(args)
     with tempfile.TemporaryDirectory() as tmp:
         sweep_out = args.sweep_out or f"{tmp}/sweep"
-        cells = sweep.grid(axes, base, sweep_out)  # refuses a bad cell before any run
+        cells = sweep.grid(axes, base)  # refuses a bad cell before any run
         vary = [x for flag, values in axes.items()
                 for x in ("--vary", f"{flag}={','.join(values)}")]
         sweep_s = timed([os.path.join(EXPERIMENTS, "sweep.py"), "--out", sweep_out,

@@ -8,34 +8,17 @@ Run from the project root::
 
     python benchmarks/bench_tasks.py [--path FILE] [--batch 1024] [--seq-len 100] [--repeats 20]
 
-If the default corpus is missing (a fresh checkout has no ``../shared/data``), a random
-corpus of the same length and alphabet size is generated and the JSON says so; a missing
-``--path`` is refused.
+The corpus is tiny shakespeare as bundled with plastix unless ``--path`` names a file.
 """
 
 import json
-import pathlib
+import os
 import statistics
-import sys
-import tempfile
 import time
 
 import jax
-import numpy as np
 
 from plastix import checks, cli, tasks
-
-DEFAULT_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
-TINY_SHAKESPEARE_CHARS = 1_115_394
-
-
-def generated_corpus(directory: str, num_chars: int = TINY_SHAKESPEARE_CHARS, seed: int = 0) -> str:
-    """Writes a random text as long as tiny shakespeare, over 65 characters; returns its path."""
-    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ,.;:!?'-&$3\n"))
-    text = "".join(np.random.default_rng(seed).choice(alphabet, size=num_chars))
-    path = pathlib.Path(directory) / "generated_corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
 
 
 def time_sampler(task: tasks.Task, batch: int, repeats: int) -> dict:
@@ -59,9 +42,8 @@ def time_sampler(task: tasks.Task, batch: int, repeats: int) -> dict:
 
 def parser() -> cli.Parser:
     p = cli.Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--path", default=None,
-                   help=f"UTF-8 text corpus (default {DEFAULT_CORPUS}, or a generated one "
-                        f"if that is missing)")
+    p.add_argument("--path", default=tasks.TINY_SHAKESPEARE,
+                   help="UTF-8 text corpus, or the name of a corpus bundled with plastix")
     p.add_argument("--batch", type=checks.SIZE, default=1024)
     p.add_argument("--seq-len", type=checks.SIZE, default=100)
     p.add_argument("--repeats", type=checks.SIZE, default=20)
@@ -69,26 +51,19 @@ def parser() -> cli.Parser:
 
 
 def parse_args(argv=None):
-    """The checked command line: a corpus asked for by --path must be there (only the
-    default one is replaced by a generated text)."""
+    """The checked command line: the corpus must be there."""
     args = parser().parse_args(argv)
-    if args.path is not None and not pathlib.Path(args.path).is_file():
+    if not os.path.isfile(tasks.corpus_path(args.path)):
         raise checks.FieldError("--path", f"{args.path}: no such file; give a UTF-8 text "
-                                          f"file, or leave --path out to time a generated one")
+                                          f"file, or leave --path out to time tiny shakespeare")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        path, corpus = args.path or str(DEFAULT_CORPUS), "file"
-        if not pathlib.Path(path).is_file():
-            print(f"corpus {path} not found: timing a generated random corpus of "
-                  f"{TINY_SHAKESPEARE_CHARS:,} characters instead", file=sys.stderr)
-            path, corpus = generated_corpus(scratch), "generated (file missing)"
-        text_task = tasks.get("text", path=path, seq_len=args.seq_len)
-        results = [time_sampler(text_task, args.batch, args.repeats)]
-    results[0].update(corpus=corpus, path=path, vocab_size=text_task.vocab_size)
+    text_task = tasks.get("text", path=args.path, seq_len=args.seq_len)
+    results = [time_sampler(text_task, args.batch, args.repeats)]
+    results[0].update(path=args.path, vocab_size=text_task.vocab_size)
     for name, config in [("assoc_retrieval", {}), ("recall_overwrite", dict(num_keys=8, num_pairs=12))]:
         results.append(time_sampler(tasks.get(name, **config), args.batch, args.repeats))
 

@@ -46,6 +46,11 @@ class FieldError(ValueError):
                           None if self.other is None else name_of(self.other))
 
 
+class MissingDependency(ImportError):
+    """An optional package that a feature needs is not installed; the message names the
+    feature and the ``pip install`` that brings it (a user's mistake, told in one line)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Bound:
     """The numbers a setting may take: integers or finite reals, within optional limits.

@@ -10,30 +10,49 @@ by name, and a ``main`` that turns the user's mistakes into one line and exit st
     if __name__ == "__main__":
         cli.run(main)
 
-A user's mistake is a ``ValueError`` (a :class:`plastix.checks.FieldError` among them) or
-an ``OSError`` (a missing, unreadable or unwritable file): :func:`run` prints it as
-``error: <message>`` on one line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
+A user's mistake is a ``ValueError`` (a :class:`plastix.checks.FieldError` among them), an
+``OSError`` (a missing, unreadable or unwritable file) or a missing optional package
+(:class:`plastix.checks.MissingDependency`): :func:`run` prints it as ``error: <message>``
+on one line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from collections.abc import Callable, Iterable
 
-from plastix.checks import FieldError
+from plastix.checks import FieldError, MissingDependency
 
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, MissingDependency)
 EXIT_USAGE = 2
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with the description as written (its example commands keep their lines)
+    and every option's default after its help, also for an option without help text
+    (``argparse.ArgumentDefaultsHelpFormatter`` skips those); a help that states its
+    default itself, as ``(default: ...)``, is left as it is."""
+
+    def _format_action(self, action):
+        if (action.option_strings and action.default is not argparse.SUPPRESS
+                and action.help is not argparse.SUPPRESS
+                and "(default" not in (action.help or "")):
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+        return super()._format_action(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (``error: argument --lr: ...``)
-    and which never guesses a flag from its prefix (``--l`` is not ``--lr``)."""
+    """An ``ArgumentParser`` whose errors are one line (``error: argument --lr: ...``),
+    which never guesses a flag from its prefix (``--l`` is not ``--lr``) and whose
+    ``--help`` shows every default (`HelpFormatter`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):

@@ -20,6 +20,7 @@ for evosax's best-member bookkeeping in ``tell``) costs more than ask and tell t
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 
@@ -51,6 +52,24 @@ def use_all_cpu_cores(count: int | None = None) -> int | None:
                           stacklevel=2)
         return None
     return count
+
+
+def start_distributed(argv: list[str]) -> None:
+    """``jax.distributed.initialize`` from a command line's --coordinator, --num-processes
+    and --process-id flags (nothing without --coordinator). Must run, like
+    `use_all_cpu_cores`, before anything starts JAX's backends (importing evosax does)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--coordinator")
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--process-id", type=int, default=0)
+    args, _ = p.parse_known_args(argv)
+    if args.coordinator is None:
+        return
+    # Collectives between CPU processes (the tests' two local processes); GPUs and TPUs
+    # bring their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
 
 
 def population_devices(population: int, devices=None) -> list:

@@ -16,7 +16,9 @@ appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` d
 Which run a directory holds is never left to chance (:func:`claim`): a new run does not
 start in a directory that holds another unless told to replace it, and a resume refuses a
 directory with nothing to resume, or a checkpoint it cannot read, or a history that does
-not reach its checkpoint.
+not reach its checkpoint. A command line that names no directory gets a new one of its own
+(:func:`new_run_dir`, as hydra and wandb do), so the same command can be run again and
+again; resuming or replacing a run needs its directory named (:func:`check_named`).
 
 Resuming means: refuse if the saved config differs from the current one in any key the
 caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
@@ -27,6 +29,7 @@ metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -38,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plastix import progress
 from plastix.checks import FieldError
 from plastix.cli import one_line
 
@@ -105,6 +109,31 @@ CLAIM_MODES = ("new", "resume", "overwrite", "auto")
 def held_files(run_dir: str | os.PathLike) -> list[str]:
     """The run files (`RUN_FILES`) present in ``run_dir``: it holds a run if any."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+
+
+def new_run_dir(root: str | os.PathLike) -> str:
+    """A new, empty directory ``root/YYYYmmdd-HHMMSS`` (the local time; ``-2``, ``-3``, ...
+    after it when that is taken) for a run whose command line named none. It is made here,
+    at once, so that runs started in the same second never share one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(root, exist_ok=True)
+    for n in itertools.count(1):
+        path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+
+
+def check_named(out: str | None, mode: str, root: str, flag: str = "--out") -> None:
+    """Refuse to resume or replace (``mode`` "resume" or "overwrite") a run the command
+    line did not name: without ``flag`` every run gets a new directory under ``root``."""
+    if out is None and mode in ("resume", "overwrite"):
+        raise FieldError(f"--{mode}", f"needs {flag} DIR, the run to "
+                                      f"{'continue' if mode == 'resume' else 'replace'} "
+                                      f"(without {flag} every run gets a new directory "
+                                      f"under {root})")
 
 
 def check_output_file(path: str, flag: str, example: str) -> None:
@@ -459,7 +488,9 @@ def run_blocks(
     seconds after this call began (for runs compared at equal wall-clock time; where it
     stops then depends on the machine's speed). ``on_start(step)`` is called once the
     run's first step is settled (0, or a resumed checkpoint's) and before anything in
-    ``out_dir`` changes, so a refused resume leaves the directory as it was.
+    ``out_dir`` changes, so a refused resume leaves the directory as it was. On a
+    terminal a progress bar with the ETA stays under what ``on_log`` prints
+    (`plastix.progress`); elsewhere the output is ``on_log``'s alone.
 
     Raises:
       ValueError: on resume, a checkpoint that cannot be read into ``state``'s structure,
@@ -486,18 +517,23 @@ def run_blocks(
         on_start(start)
     state = place(state)
     step, began = start, time.perf_counter()
-    while step < total:
-        if time_budget_s is not None and time.perf_counter() - began >= time_budget_s:
-            break
-        count = min(log_every, total - step)
-        state, record = advance(state, step, count)
-        step += count
-        history.append(record)
-        if log is not None:
-            # Record first: a kill between the two leaves a record past the checkpoint,
-            # which the resumed run drops and logs again.
-            log.append(record)
-            save_checkpoint(ckpt_path, state, step)
-        if on_log is not None:
-            on_log(record)
+    # A run stopped by its time budget has no known end, so no ETA.
+    with progress.bar(None if time_budget_s is not None else total, initial=start,
+                      unit=step_key, desc=out_dir and os.path.basename(out_dir)) as bar:
+        while step < total:
+            if time_budget_s is not None and time.perf_counter() - began >= time_budget_s:
+                break
+            count = min(log_every, total - step)
+            state, record = advance(state, step, count)
+            step += count
+            history.append(record)
+            if log is not None:
+                # Record first: a kill between the two leaves a record past the
+                # checkpoint, which the resumed run drops and logs again.
+                log.append(record)
+                save_checkpoint(ckpt_path, state, step)
+            bar.update(count)
+            if on_log is not None:
+                with bar.above():
+                    on_log(record)
     return state, history

@@ -42,6 +42,8 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
 import inspect
 import math
 import os
@@ -89,6 +91,23 @@ class Task(NamedTuple):
     seq_len: int
     sample: Callable
     symbols: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ optional packages
+
+
+def _optional_import(module: str, package: str, feature: str, extra: str):
+    """``module``, which only ``feature`` needs (imported here, so that ``import plastix``
+    works without it); without ``package``, one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise checks.MissingDependency(f"{feature} needs {package}: "
+                                       f"pip install 'plastix[{extra}]'") from err
+
+
+def _tfds(feature: str):
+    return _optional_import("tensorflow_datasets", "tensorflow-datasets", feature, "tfds")
 
 
 # --------------------------------------------------------------------------- batching
@@ -422,6 +441,30 @@ def copy(length: int = 10, delay: int = 20, num_symbols: int = 8,
 
 # ------------------------------------------------------------------------ text
 
+# The corpora shipped with plastix (in plastix/data/), each under a name that stands for it
+# wherever a corpus path is asked for: a config or result that names one reads back the
+# same in any checkout or install, where a path would tie it to one directory.
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+TINY_SHAKESPEARE = "tinyshakespeare"
+TINY_SHAKESPEARE_FILE = os.path.join(DATA_DIR, "tinyshakespeare.txt")
+# The public-domain text TFDS serves as "tiny_shakespeare" (1,115,394 characters); the name
+# stands for exactly these bytes.
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+BUNDLED_CORPORA = {TINY_SHAKESPEARE: TINY_SHAKESPEARE_FILE}
+
+
+def corpus_path(corpus: str) -> str:
+    """The file of a text corpus: a bundled corpus's name (`BUNDLED_CORPORA`) is its file in
+    the package, anything else a path (write ``./tinyshakespeare`` for a file of that name)."""
+    return BUNDLED_CORPORA.get(corpus, corpus)
+
+
+def corpus_sha256(corpus: str) -> str:
+    """The sha256 of a corpus's bytes (a bundled corpus's name or a path), to record which
+    text a result was computed on."""
+    with open(corpus_path(corpus), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
 
 def tfds_cut(text: str) -> dict[str, str]:
     """Splits a corpus at the cut points of TFDS ``tiny_shakespeare``.
@@ -436,8 +479,9 @@ def tfds_cut(text: str) -> dict[str, str]:
 
 
 def read_text_splits(path: str) -> dict[str, str]:
-    """Reads a UTF-8 text file and cuts it like TFDS (see ``tfds_cut``)."""
-    path = os.path.abspath(os.path.expanduser(path))
+    """Reads a UTF-8 text file (or a bundled corpus, by name: `corpus_path`) and cuts it
+    like TFDS (see ``tfds_cut``)."""
+    path = os.path.abspath(os.path.expanduser(corpus_path(path)))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text corpus not found: looked for the file {path}")
     try:
@@ -454,7 +498,7 @@ def load_tfds_text_splits(name: str = "tiny_shakespeare", data_dir: str | None =
     Uses ``tfds.data_source`` (random-access ArrayRecord, no TensorFlow needed); each
     split's examples are joined (``tiny_shakespeare`` has one example per split).
     """
-    import tensorflow_datasets as tfds  # optional path: keep `import plastix` light
+    tfds = _tfds(f"the TFDS text data set {name!r}")
 
     def split_text(split):
         source = tfds.data_source(name, split=_TFDS_SPLIT_NAMES[split], data_dir=data_dir)
@@ -490,9 +534,11 @@ def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 1
          data_dir: str | None = None) -> Task:
     """Next-character prediction on random windows of a text corpus.
 
-    The corpus comes from a local UTF-8 file (``path``) or a TFDS text data set
-    (``tfds_name``, e.g. ``"tiny_shakespeare"``; needs the prepared data or internet);
-    both are cut at TFDS's points (``tfds_cut``). The vocabulary is the sorted set of
+    The corpus comes from a local UTF-8 file or a bundled corpus's name (``path``), or a
+    TFDS text data set (``tfds_name``, e.g. ``"tiny_shakespeare"``; needs the
+    ``tfds`` extra and the prepared data or internet); with neither it is tiny
+    shakespeare as bundled with plastix (`TINY_SHAKESPEARE`). Every corpus is cut at
+    TFDS's points (``tfds_cut``), so the bundled one gives TFDS's own splits. The vocabulary is the sorted set of
     characters of the train split plus one unknown token (the last id, shown as
     U+FFFD) that stands for every valid/test character absent from train; it is an
     ordinary, scored target. Each split lives on the device once as int32 ids; a sample
@@ -500,14 +546,16 @@ def text(path: str | None = None, tfds_name: str | None = None, seq_len: int = 1
     ``targets = w[1:]``, every position scored.
 
     Args:
-      path: local text file.
+      path: local text file, or the name of a bundled corpus (`BUNDLED_CORPORA`).
       tfds_name: TFDS data set with a ``text`` feature (instead of ``path``).
       seq_len: window length T.
       data_dir: TFDS data directory.
     """
-    if (path is None) == (tfds_name is None):
-        raise ValueError("text task needs exactly one corpus: path='file.txt' or "
-                         "tfds_name='tiny_shakespeare'")
+    if path is not None and tfds_name is not None:
+        raise ValueError("text task takes one corpus: path='file.txt' or "
+                         "tfds_name='tiny_shakespeare', not both")
+    if tfds_name is None and path is None:
+        path = TINY_SHAKESPEARE
     seq_len = _check_count("text seq_len", seq_len, 1)
     splits = read_text_splits(path) if path is not None else load_tfds_text_splits(tfds_name, data_dir)
     source = path if path is not None else f"tfds:{tfds_name}"
@@ -552,12 +600,9 @@ def random_tokens(vocab_size: int = 65, seq_len: int = 100) -> Task:
 def sklearn_digits() -> dict:
     """scikit-learn's bundled 8x8 digits (1,797 images, intensities 0..16), split
     80/10/10 by a fixed permutation (seed 0). Returns split -> (images in [0, 1], labels)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise ImportError("pixels source 'sklearn_digits' needs scikit-learn: "
-                          "pip install 'plastix[images]'") from err
-    digits = load_digits()
+    datasets = _optional_import("sklearn.datasets", "scikit-learn",
+                                "the image source 'sklearn_digits'", "images")
+    digits = datasets.load_digits()
     images, labels = digits.images / 16.0, digits.target
     order = np.random.default_rng(0).permutation(len(labels))
     bounds = np.round(np.array([0.0, 0.8, 0.9, 1.0]) * len(labels)).astype(int)
@@ -627,8 +672,7 @@ def images(source: str = "sklearn_digits", fold: int | None = None, folds: int =
 def _load_tfds_images(name: str, data_dir: str | None) -> dict:
     """A TFDS image set via ``tfds.data_source``: train = first 90% of TFDS train,
     valid = last 10%, test = TFDS test. Returns split -> (grey images in [0, 1], labels)."""
-    import tensorflow_datasets as tfds  # optional path: keep `import plastix` light
-
+    tfds = _tfds(f"the TFDS image set {name!r}")
     tfds_splits = {"train": "train[:90%]", "valid": "train[90%:]", "test": "test"}
 
     def read(split):

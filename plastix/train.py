@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plastix import checks, masks, runs, tasks
+from plastix import checks, masks, progress, runs, tasks
 
 # config.json keys a resumed run may set afresh: more steps extend a finished run.
 MAY_CHANGE_ON_RESUME = ("train.steps",)
@@ -318,28 +318,36 @@ def fit(
     train_step, evaluate = _compiled_functions(model, task, config, masking)
 
     window, window_start = [], time.perf_counter()
-    for step in range(int(state.step) + 1, config.steps + 1):
-        state, metrics = train_step(state, data_key)
-        window.append(metrics)  # stays on device until logged: no per-step host sync
-        if step % config.log_every == 0 or step == config.steps:
-            mean = _to_floats(jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m)), *window))
-            rate = len(window) / (time.perf_counter() - window_start)
-            log.append({"step": step, "split": "train", **mean, "steps_per_s": rate})
-            sparse = f"  sparsity {mean['sparsity']:.3f}" if masking is not None else ""
-            print_fn(f"step {step:>7}  loss {mean['loss']:.4f}  acc {mean['accuracy']:.4f}"
-                     f"  |g| {mean['grad_norm']:.2f}{sparse}  {rate:.0f} steps/s")
-            window, window_start = [], time.perf_counter()
-        if step % config.eval_every == 0 or step == config.steps:
-            valid = _to_floats(evaluate(effective_params(state, masking), eval_key, "valid"))
-            log.append({"step": step, "split": "valid", **valid})
-            print_fn(f"step {step:>7}  valid loss {valid['loss']:.4f}"
-                     f"  acc {valid['accuracy']:.4f}")
-            if not window:  # keep evaluation time out of the next steps/s figure
-                window_start = time.perf_counter()
-        # After the step's records: a kill between the two leaves records past the
-        # checkpoint, which the resumed run drops and logs again.
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            runs.save_checkpoint(checkpoint_path, state, step)
+    # On a terminal, a progress bar with the ETA under the logged lines (plastix.progress).
+    with progress.bar(config.steps, initial=int(state.step), desc=run_dir.name) as bar:
+        for step in range(int(state.step) + 1, config.steps + 1):
+            state, metrics = train_step(state, data_key)
+            window.append(metrics)  # stays on device until logged: no per-step host sync
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                mean = _to_floats(jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m)),
+                                                         *window))
+                rate = len(window) / (time.perf_counter() - window_start)
+                log.append({"step": step, "split": "train", **mean, "steps_per_s": rate})
+                sparse = f"  sparsity {mean['sparsity']:.3f}" if masking is not None else ""
+                with bar.above():
+                    print_fn(f"step {step:>7}  loss {mean['loss']:.4f}  acc "
+                             f"{mean['accuracy']:.4f}  |g| {mean['grad_norm']:.2f}{sparse}  "
+                             f"{rate:.0f} steps/s")
+                window, window_start = [], time.perf_counter()
+            if step % config.eval_every == 0 or step == config.steps:
+                valid = _to_floats(evaluate(effective_params(state, masking), eval_key,
+                                            "valid"))
+                log.append({"step": step, "split": "valid", **valid})
+                with bar.above():
+                    print_fn(f"step {step:>7}  valid loss {valid['loss']:.4f}"
+                             f"  acc {valid['accuracy']:.4f}")
+                if not window:  # keep evaluation time out of the next steps/s figure
+                    window_start = time.perf_counter()
+            # After the step's records: a kill between the two leaves records past the
+            # checkpoint, which the resumed run drops and logs again.
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                runs.save_checkpoint(checkpoint_path, state, step)
     return state
 
 

@@ -1,5 +1,6 @@
 """experiments/es_abcd.py end to end on a tiny budget: outputs, report, resume, bad input."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -94,6 +95,60 @@ def test_the_script_answers_a_mistake_in_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: --pop must be even for antithetic sampling, which pairs members (z, -z), got 5"]
+
+
+class Stop(Exception):
+    """Ends a run where a test has seen what it needs."""
+
+
+def test_without_out_every_run_gets_a_new_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    started = []
+
+    def run_outer(cfg, mode):
+        started.append((cfg.out, mode))
+        raise Stop
+
+    monkeypatch.setattr(es_abcd, "run_outer", run_outer)
+    for _ in range(2):  # the same command twice: the second is not refused
+        with pytest.raises(Stop):
+            es_abcd.main(TINY)
+    (first, mode), (second, _) = started
+    assert mode == "new" and first != second
+    assert sorted(os.listdir(tmp_path / "runs" / "es_abcd")) == sorted(
+        os.path.basename(out) for out in (first, second))
+    assert f"writing to {second}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_resume_and_overwrite_without_out_are_refused(flag, tmp_path, monkeypatch, capsys):
+    from plastix import cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(es_abcd.main, TINY + [flag])
+    assert exit_.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"error: {flag} needs --out DIR")
+    assert not os.listdir(tmp_path)  # refused before anything
+
+
+def test_help_shows_every_default():
+    parser = es_abcd.parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.default is not argparse.SUPPRESS:
+            assert "(default" in formatter._format_action(action), action.option_strings
+    # The description keeps its lines: its example commands are one per line.
+    assert "\n    python experiments/es_abcd.py --out runs/x --resume" in parser.format_help()
+
+
+def test_task_text_reads_the_bundled_corpus_without_a_text_path():
+    from plastix import tasks
+
+    cfg, _ = es_abcd.parse_config(["--task", "text", "--seq-len", "8", "--hidden", "4",
+                                   "--out", "unused"])
+    assert cfg.task.path == tasks.TINY_SHAKESPEARE  # recorded by name, not by where it lies
+    assert cfg.net.vocab_size == 66
 
 
 def test_delta_start_is_the_delta_rule():

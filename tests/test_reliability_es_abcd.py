@@ -136,7 +136,6 @@ BAD_FLAGS = [
     (["--task", "no_such_task"], "unknown task 'no_such_task'"),
     (["--num-pairs", "0"], "argument --num-pairs: must be an integer >= 1"),
     (["--num-pairs", "27"], "num_pairs"),
-    (["--task", "text"], "--task text needs --text-path FILE"),
     (["--task", "text", "--text-path", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
     (["--task", "recall_overwrite", "--num-keys", "0"], "argument --num-keys"),
     # ES settings by name

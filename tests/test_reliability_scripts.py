@@ -221,8 +221,13 @@ BAD_INPUTS = {
 CASES = [(module, argv, named) for module, cases in BAD_INPUTS.items() for argv, named in cases]
 
 
+def script_name(module) -> str:
+    """The script's file name less .py (an experiment's module is plastix.experiments.<it>)."""
+    return module.__name__.rpartition(".")[2]
+
+
 @pytest.mark.parametrize("module, argv, named", CASES, ids=[
-    f"{module.__name__}: {' '.join(argv) or '(none)'}" for module, argv, _ in CASES])
+    f"{script_name(module)}: {' '.join(argv) or '(none)'}" for module, argv, _ in CASES])
 def test_bad_input_is_refused_in_one_line_naming_it(module, argv, named, paths, tmp_path,
                                                     monkeypatch, capsys, no_compilation):
     monkeypatch.chdir(tmp_path)  # a default output directory would land here
@@ -238,7 +243,7 @@ def test_bad_input_is_refused_in_one_line_naming_it(module, argv, named, paths, 
 
 def test_the_table_covers_every_script():
     assert len(CASES) >= 60
-    assert {module.__name__ for module in BAD_INPUTS} == {
+    assert {script_name(module) for module in BAD_INPUTS} == {
         *(name[:-3] for name in os.listdir(os.path.join(ROOT, "benchmarks"))
           if name.endswith(".py")),
         "compare_outer", "text", "hebbian_masks", "local_learning", "pattern_completion",

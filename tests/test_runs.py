@@ -4,6 +4,7 @@ kill-and-resume on top of them (the gradient loop's is in test_train.py)."""
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,28 @@ class Outer:
     inner: Inner = Inner()
     steps: int = 10
     chunk: int | None = None
+
+
+# --- run directories -----------------------------------------------------------------------
+
+
+def test_runs_that_name_no_directory_each_get_a_new_one(tmp_path):
+    root = tmp_path / "runs" / "x"
+    made = [runs.new_run_dir(root) for _ in range(3)]  # within one second, most likely
+    assert len(set(made)) == 3
+    for path in made:
+        assert os.path.isdir(path) and not os.listdir(path)
+        assert re.fullmatch(r"\d{8}-\d{6}(-\d+)?", os.path.basename(path)), path
+
+
+@pytest.mark.parametrize("mode, verb", [("resume", "continue"), ("overwrite", "replace")])
+def test_resume_and_overwrite_need_the_run_named(mode, verb):
+    with pytest.raises(ValueError, match=rf"^--{mode} needs --out DIR, the run to {verb} "
+                                         rf"\(without --out every run gets a new directory "
+                                         rf"under runs/x\)$"):
+        runs.check_named(None, mode, "runs/x")
+    runs.check_named("mine", mode, "runs/x")
+    runs.check_named(None, "new", "runs/x")
 
 
 # --- config --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 import sweep  # noqa: E402
 
+from plastix import cli  # noqa: E402
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--pop", "4", "--batch", "2",
         "--generations", "4", "--log-every", "2", "--eval-batch", "16"]
@@ -98,8 +99,6 @@ def test_a_killed_sweep_redoes_no_finished_cell(swept, tmp_path, monkeypatch):
 
 
 def test_bad_grids_are_refused_in_one_line(tmp_path, capsys):
-    from plastix import cli
-
     for argv, message in (
         ([], "nothing to sweep"),
         (["--vary", "seed"], "write FLAG=V1,V2"),
@@ -113,6 +112,21 @@ def test_bad_grids_are_refused_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (argv, err)
         assert len(err.strip().splitlines()) <= 2, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume"], "--resume needs --out DIR"),
+    (["--overwrite"], "--overwrite needs --out DIR"),
+    (["--coordinator", "localhost:1"], "--coordinator needs --out DIR"),
+    (["--", "--hidden", "0"], "cell seed=0"),
+])
+def test_a_sweep_refused_without_out_makes_no_directory(argv, message, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(sweep.main, ["--vary", "seed=0,1", *argv])
+    assert exit_.value.code == cli.EXIT_USAGE and message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
 
 
 def _free_port() -> int:

@@ -1,13 +1,14 @@
 """Tests of plastix.tasks: determinism, structure of every task, splits, errors, metrics."""
 
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import tasks
+from plastix import checks, cli, tasks
 
 
 KEY = jax.random.key(0)
@@ -255,6 +256,32 @@ def test_tfds_cut_points_of_tiny_shakespeare():
     assert [len(cut[s]) for s in tasks.SPLITS] == [1_003_854, 55_770, 55_770]
 
 
+def test_tiny_shakespeare_is_bundled_and_the_default_corpus():
+    assert tasks.corpus_sha256(tasks.TINY_SHAKESPEARE) == tasks.TINY_SHAKESPEARE_SHA256
+    assert tasks.corpus_path(tasks.TINY_SHAKESPEARE) == tasks.TINY_SHAKESPEARE_FILE
+    assert tasks.corpus_path("book.txt") == "book.txt"  # any other name is a path
+    splits = tasks.read_text_splits(tasks.TINY_SHAKESPEARE)
+    assert [len(splits[s]) for s in tasks.SPLITS] == [1_003_854, 55_770, 55_770]
+    task = tasks.text(seq_len=8)  # neither path nor tfds_name
+    assert task.vocab_size == 66  # its 65 characters and the unknown id
+    assert task.symbols == tasks.text(tasks.TINY_SHAKESPEARE_FILE, seq_len=8).symbols
+
+
+def test_tfds_paths_without_tensorflow_datasets_name_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    for load in (lambda: tasks.text(tfds_name="tiny_shakespeare"),
+                 lambda: tasks.images("mnist")):
+        with pytest.raises(checks.MissingDependency,
+                           match=r"needs tensorflow-datasets: pip install 'plastix\[tfds\]'"):
+            load()
+    # A command line says so in one line, with the usage exit status.
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(lambda argv: tasks.text(tfds_name="tiny_shakespeare"), [])
+    assert exit_.value.code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == ("error: the TFDS text data set 'tiny_shakespeare' needs "
+                                       "tensorflow-datasets: pip install 'plastix[tfds]'\n")
+
+
 def test_tfds_and_local_file_agree_on_the_cut_points(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     text = random_text(1_115_394, "ABCDEFGH ,.\n", seed=1)
@@ -370,7 +397,7 @@ def test_pixels_from_tfds_mock():
     ("mqar", dict(vocab_size=64, num_pairs=8, seq_len=20), "seq_len=20 is too short"),
     ("mqar", dict(vocab_size=10, num_pairs=8, seq_len=64), "num_pairs=8 exceeds"),
     ("copy", dict(num_symbols=40), "num_symbols"),
-    ("text", {}, "exactly one corpus"),
+    ("text", dict(path="a.txt", tfds_name="tiny_shakespeare"), "one corpus.*not both"),
     ("pixels", dict(predict="colour"), "predict"),
 ])
 def test_bad_config_raises_clear_error(name, config, message):
