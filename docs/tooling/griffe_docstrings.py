@@ -1,15 +1,22 @@
-"""Griffe extension: Attributes entries that document several names at once.
+"""Griffe extension: two conventions of the plastix docstrings, rendered as meant.
 
-The docstrings document related fields together (``lr, lr_decay, lr_min: its step
-size ...``), as the command lines' help does, which reads the same text. Griffe's
-Google-style parser reads such an Attributes entry as the name ``lr,`` with the type
-``lr_decay, lr_min``; this puts the names back together, without a type.
+* An Attributes entry may document several names at once (``lr, lr_decay, lr_min: its
+  step size ...``), as the command lines' help does, which reads the same text. Griffe's
+  Google-style parser reads it as the name ``lr,`` with the type ``lr_decay, lr_min``;
+  the names are put back together, without a type.
+* A paragraph that introduces an indented block ends in ``::`` (reStructuredText's
+  literal-block marker, read as such by ``help()``); Markdown shows it literally, so the
+  site shows one colon.
 """
+
+import re
 
 from griffe import DocstringSectionAttributes, Extension, Object
 
+LITERAL_MARKER = re.compile(r"(?<=\S)::$", re.MULTILINE)
 
-class GroupedAttributeNames(Extension):
+
+class PlastixDocstrings(Extension):
     def on_package(self, *, pkg, **kwargs) -> None:
         _fix(pkg, set())
 
@@ -19,6 +26,7 @@ def _fix(obj: Object, seen: set) -> None:
         return
     seen.add(obj.path)
     if obj.docstring is not None:
+        obj.docstring.value = LITERAL_MARKER.sub(":", obj.docstring.value)
         for section in obj.docstring.parsed:  # parsed once and cached, so fixed for good
             if isinstance(section, DocstringSectionAttributes):
                 for attribute in section.value:
