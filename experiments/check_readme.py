@@ -1,16 +1,17 @@
-"""Re-derive the README's cheap figures from the commands printed beside them.
+"""Re-derive the documented cheap figures from the commands printed beside them.
 
-Each check runs one README command (the user's path: a fresh ``es_abcd.py`` process) into
-a scratch directory, renders the figures the README prints from the run's ``report.json``
-in the README's own format, and looks for each rendered line in ``README.md``:
+Each check runs one command of the results pages (the user's path: a fresh ``es_abcd.py``
+process) into a scratch directory, renders the figures the page prints from the run's
+``report.json`` in the page's own format, and looks for each rendered line in that page,
+``docs/results/es-abcd.md``:
 
     python experiments/check_readme.py                   # every check, about 3 min
     python experiments/check_readme.py --only default    # one of them
 
 Prints, per figure, ``ok`` or ``DIFFERS`` with the rerun's text, and exits 1 if any figure
-differs -- a README figure that its command no longer gives. The figures of long runs
+differs -- a documented figure that its command no longer gives. The figures of long runs
 (800-generation sweeps, the text and mask experiments) are not rerun here; their commands
-are in the README beside them.
+are on the results pages beside them.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from plastix import cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(ROOT, "README.md")
+# The page where the figures checked here live (docs/results/es-abcd.md).
+PAGE = os.path.join(ROOT, "docs", "results", "es-abcd.md")
 
 
 class Check(NamedTuple):
-    """One README command and the README lines its report must reproduce."""
+    """One documented command and the lines of `PAGE` its report must reproduce."""
 
-    flags: tuple[str, ...]                 # es_abcd.py flags, as the README prints them
-    render: Callable[[dict], list[str]]    # report.json -> the README's lines
+    flags: tuple[str, ...]                 # es_abcd.py flags, as the page prints them
+    render: Callable[[dict], list[str]]    # report.json -> the page's lines
 
 
 def _rows(report: dict) -> dict[str, dict]:
@@ -43,7 +45,7 @@ def _rows(report: dict) -> dict[str, dict]:
 
 
 def _table_row(label: str, row: dict) -> str:
-    # The README's results tables: | model | test NLL (nats) | accuracy |
+    # The page's results tables: | model | test NLL (nats) | accuracy |
     return f"| {label} | {row['test_nll']:.4f} | {100 * row['test_accuracy']:.1f}% |"
 
 
@@ -52,7 +54,7 @@ def _default_rows(report: dict) -> list[str]:
     labels = {"evolved rule": "evolved ABCD_lr", "plasticity off": "plasticity off",
               "random coefficients": "random coefficients (median of 8)"}
     lines = [_table_row(label, rows[model]) for model, label in labels.items()]
-    # The hand rules' rows carry the rate chosen on validation, as the README prints it.
+    # The hand rules' rows carry the rate chosen on validation, as the page prints it.
     for model, label in (("Hebb (readout)", "Hebb (readout)"),
                          ("Delta rule (readout)", "delta rule (readout)")):
         eta = ast.literal_eval(rows[model]["note"].removeprefix("best on valid: "))["eta"]
@@ -77,7 +79,7 @@ CHECKS = {
 
 
 def run_check(name: str, check: Check, scratch: str) -> list[tuple[str, bool]]:
-    """Run ``check``'s command into ``scratch/name``; (rendered line, found in README)."""
+    """Run ``check``'s command into ``scratch/name``; (rendered line, found in `PAGE`)."""
     out = os.path.join(scratch, name)
     command = [sys.executable, os.path.join(ROOT, "experiments", "es_abcd.py"), *check.flags,
                "--out", out, "--no-plots"]
@@ -87,9 +89,9 @@ def run_check(name: str, check: Check, scratch: str) -> list[tuple[str, bool]]:
         raise ValueError(f"[{name}] the command failed: {cli.one_line(done.stderr.strip())}")
     with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
-    with open(README, encoding="utf-8") as f:
-        readme = f.read()
-    return [(line, line in readme) for line in check.render(report)]
+    with open(PAGE, encoding="utf-8") as f:
+        page = f.read()
+    return [(line, line in page) for line in check.render(report)]
 
 
 def parser() -> cli.Parser:
@@ -107,8 +109,9 @@ def main(argv=None) -> None:
             for line, found in run_check(name, CHECKS[name], scratch):
                 differs += not found
                 print(f"  {'ok     ' if found else 'DIFFERS'} {line}", flush=True)
-    print(f"{differs} figure(s) differ from README.md" if differs else
-          "every figure checked is in README.md")
+    where = os.path.relpath(PAGE, ROOT)
+    print(f"{differs} figure(s) differ from {where}" if differs else
+          f"every figure checked is in {where}")
     if differs:
         sys.exit(1)
 

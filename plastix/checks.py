@@ -1,11 +1,11 @@
 """What a valid size, count, rate or choice is: the one place that says so, used alike by
 the configs' constructors (the Python API) and by every command line.
 
-A :class:`Bound` describes the numbers a setting may take. It checks a value
-(:meth:`Bound.check`, raising :class:`FieldError`) and parses a command-line string
-(:meth:`Bound.parse`, an ``argparse`` type). A config dataclass declares a field's bound
-with :func:`field`, and checks every declared field in ``__post_init__`` with
-:func:`validate`; the command lines generate their flags from the same declarations, so the
+A `Bound` describes the numbers a setting may take. It checks a value
+(`Bound.check`, raising `FieldError`) and parses a command-line string
+(`Bound.parse`, an ``argparse`` type). A config dataclass declares a field's bound
+with `field`, and checks every declared field in ``__post_init__`` with
+`validate`; the command lines generate their flags from the same declarations, so the
 two can never disagree.
 
     >>> LR = number(above=0)
@@ -95,7 +95,7 @@ class Bound:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def check(self, name: str, value: Any) -> Any:
-        """``value`` if it is within the bound, else :class:`FieldError` naming ``name``."""
+        """``value`` if it is within the bound, else `FieldError` naming ``name``."""
         if not self.holds(value):
             raise FieldError(name, f"must be {self.describe()}, got {value!r}")
         return value
@@ -149,12 +149,12 @@ FRACTION = number(at_least=0, at_most=1)
 
 
 def field(default: Any, bound: Bound, **kwargs) -> Any:
-    """A dataclass field whose values :func:`validate` checks against ``bound``."""
+    """A dataclass field whose values `validate` checks against ``bound``."""
     return dataclasses.field(default=default, metadata={"bound": bound}, **kwargs)
 
 
 def bound_of(f: dataclasses.Field) -> Bound | None:
-    """The bound a dataclass field was declared with (:func:`field`), if any."""
+    """The bound a dataclass field was declared with (`field`), if any."""
     return f.metadata.get("bound")
 
 
@@ -168,7 +168,7 @@ def validate(obj: Any, prefix: str = "") -> None:
 
 
 def choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
-    """``value`` if it is one of ``choices``, else :class:`FieldError` listing them."""
+    """``value`` if it is one of ``choices``, else `FieldError` listing them."""
     choices = tuple(choices)
     if value not in choices:
         raise FieldError(name, f"must be one of {list(choices)}, got {value!r}")

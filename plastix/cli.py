@@ -1,5 +1,5 @@
 """What every plastix command line shares: errors in one line, values checked where they
-enter (:mod:`plastix.checks` bounds as ``argparse`` types), flags that do not apply refused
+enter (`plastix.checks` bounds as ``argparse`` types), flags that do not apply refused
 by name, and a ``main`` that turns the user's mistakes into one line and exit status 2.
 
     parser = cli.Parser(description=...)
@@ -10,10 +10,10 @@ by name, and a ``main`` that turns the user's mistakes into one line and exit st
     if __name__ == "__main__":
         cli.run(main)
 
-A user's mistake is a ``ValueError`` (a :class:`plastix.checks.FieldError` among them), an
+A user's mistake is a ``ValueError`` (a `plastix.checks.FieldError` among them), an
 ``OSError`` (a missing, unreadable or unwritable file) or a missing optional package
-(:class:`plastix.checks.MissingDependency`): :func:`run` prints it as ``error: <message>``
-on one line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
+(`plastix.checks.MissingDependency`): `run` prints it as ``error: <message>`` on one
+line. Set ``PLASTIX_TRACEBACK=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _subparsers(parser: argparse.ArgumentParser):
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None
           ) -> tuple[argparse.Namespace, dict[str, str]]:
     """``(args, given)``: the parsed command line and which flags it wrote
-    (:func:`given_flags`)."""
+    (`given_flags`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     return parser.parse_args(argv), given_flags(parser, argv)
 

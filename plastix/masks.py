@@ -167,7 +167,7 @@ class HebbianMasking:
         ``init(params)`` starts every mask connected, or at ``initial_masks`` ({layer:
         0/1 array shaped like its weight}). ``update(updates, state, params,
         coactivity=..., **extra)``: ``params`` is required; ``coactivity`` is
-        :meth:`apply`'s, and may be left out when the masks are frozen; ``extra`` goes to
+        `apply`'s, and may be left out when the masks are frozen; ``extra`` goes to
         ``inner``.
         """
         return masked_transformation(self, inner, initial_masks)

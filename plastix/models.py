@@ -5,7 +5,7 @@ Every recurrent model here is a flax cell with one shape,
     carry = cell.initialize_carry(key, (batch, features))
     carry, h = cell(carry, x)              # one time step, x: (batch, features)
 
-and :class:`TokenModel` scans it over time with ``flax.linen.RNN`` (a ``lax.scan``),
+and `TokenModel` scans it over time with ``flax.linen.RNN`` (a ``lax.scan``),
 between a token embedding and a softmax readout. The cells:
 
 ==============  ==========================================================================
@@ -25,10 +25,10 @@ store under the rule ``fast_weight_ba`` or ``fast_weight_delta`` (``drive`` read
 fast matrix, ``learn`` writes it), so the gradient path and the ES path share one
 plastic-layer protocol; the attention form is another store of the same layer.
 
-Image classifiers (:func:`make_classifier`) map the pixel vector of each step of a
+Image classifiers (`make_classifier`) map the pixel vector of each step of a
 ``(batch, T, pixels)`` input to class logits (the ``images`` task has T = 1):
 ``mlp`` (one ReLU hidden layer) and ``cnn`` (two convolutions and a dense layer). Their
-last layer is called ``logits``, as in :class:`TokenModel`.
+last layer is called ``logits``, as in `TokenModel`.
 
 Layer norm always normalises each example over its own hidden features. (The public
 TensorFlow reference of the fast-weights model took the moments over the batch axis, which
@@ -174,7 +174,7 @@ class FastWeightRNNCell(HiddenVectorCell):
         A(t+1)       = lam A(t) + eta h(t+1) h(t+1)^T,                    A(0) = 0 per sequence
 
     ``form="explicit"`` keeps A in the carry; ``form="attention"`` keeps the past hidden
-    states instead (see :func:`attention_fast_weights`). Both give the same h(t).
+    states instead (see `attention_fast_weights`). Both give the same h(t).
 
     Initialisation (the equations are the paper's; only the starting point is chosen here):
 
@@ -400,7 +400,7 @@ def make_model(
     readout_features: int = 100,
     **hyper,
 ) -> TokenModel:
-    """A :class:`TokenModel` around ``make_cell(name, hidden_size, seq_len, **hyper)``.
+    """A `TokenModel` around ``make_cell(name, hidden_size, seq_len, **hyper)``.
 
     Example:
         >>> model = make_model("rnn-ln-fw", vocab_size=37, seq_len=11, hidden_size=50)

@@ -11,9 +11,9 @@ and nothing in it is ever rewritten in place: a new config or checkpoint goes to
 temporary file that is fsynced and renamed over the old one, and dropping metrics records
 rewrites the kept ones the same way. A kill at any instant therefore leaves each file
 either as it was or as it was meant to become; the one exception, the metrics record being
-appended at that instant, leaves a torn last line that :meth:`MetricsLog.read` drops.
+appended at that instant, leaves a torn last line that `MetricsLog.read` drops.
 
-Which run a directory holds is never left to chance (:func:`claim`): a new run does not
+Which run a directory holds is never left to chance (`claim`): a new run does not
 start in a directory that holds another unless told to replace it, and a resume refuses a
 directory with nothing to resume, or a checkpoint it cannot read, or a history that does
 not reach its checkpoint. A command line that names no directory gets a new one of its own
@@ -21,9 +21,9 @@ not reach its checkpoint. A command line that names no directory gets a new one 
 again; resuming or replacing a run needs its directory named (:func:`check_named`).
 
 Resuming means: refuse if the saved config differs from the current one in any key the
-caller has not declared changeable (:func:`check_config`), load the checkpoint, drop the
-metrics records logged after it (:meth:`MetricsLog.truncate_to`) and go on
-(:func:`run_blocks` does the last three for a loop that advances in logged blocks).
+caller has not declared changeable (`check_config`), load the checkpoint, drop the
+metrics records logged after it (`MetricsLog.truncate_to`) and go on
+(`run_blocks` does the last three for a loop that advances in logged blocks).
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Any, step: int) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, int]:
-    """Read a checkpoint written by :func:`save_checkpoint` into ``template``'s structure.
+    """Read a checkpoint written by `save_checkpoint` into ``template``'s structure.
 
     Returns ``(state, step)``, the state's leaves as jax arrays. Checkpoints of the
     formats used before this one are read too: ``{"generation", "state"}`` (ES) and a
@@ -385,7 +385,7 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON record per line, each carrying its step under ``step_key``.
 
     Records are only ever appended (flushed and fsynced each), or the file is replaced
-    whole (:meth:`truncate_to`), so a kill leaves at most a torn last line.
+    whole (`truncate_to`), so a kill leaves at most a torn last line.
     """
 
     def __init__(self, path: str | os.PathLike, step_key: str = "step"):

@@ -623,7 +623,7 @@ def image_splits(source: str = "sklearn_digits", fold: int | None = None, folds:
     ``(n, 1)`` int32 (the class) and ``(n, 1)`` float32 ones.
 
     Without ``fold`` the splits are the image set's (scikit-learn's digits: 1,438 / 179 /
-    180 images, :func:`sklearn_digits`). With ``fold = k`` of ``folds``, for k-fold
+    180 images, `sklearn_digits`). With ``fold = k`` of ``folds``, for k-fold
     cross-validation, the train and valid images are pooled, put in a fixed order
     (a permutation drawn from seed 0) and cut into ``folds`` near-equal parts: part k is
     the valid split and the other parts the train split; the test split stays as it is.
@@ -653,7 +653,7 @@ def images(source: str = "sklearn_digits", fold: int | None = None, folds: int =
     the class, scored. ``vocab_size`` is the number of classes.
 
     A batch draws images uniformly, with replacement, from its split;
-    :func:`image_splits` gives the splits whole (for scoring every image once) and
+    `image_splits` gives the splits whole (for scoring every image once) and
     describes ``fold`` / ``folds`` (k-fold cross-validation on the train + valid images).
 
     Args:

@@ -1,4 +1,4 @@
-"""The gradient path: train a :mod:`plastix.models` model on a :mod:`plastix.tasks` task.
+"""The gradient path: train a `plastix.models` model on a `plastix.tasks` task.
 
 Minimise the in-lifetime next-token loss of the ES path,
 
@@ -6,15 +6,15 @@ Minimise the in-lifetime next-token loss of the ES path,
 
 with Adam (Kingma & Ba 2015) after clipping the global gradient norm (Pascanu et al. 2013).
 
-Pieces, each a small pure function: :func:`make_optimizer`, :func:`loss_and_metrics`,
-:func:`make_update` (one optimiser step on a given batch), :func:`make_train_step` (sample a
-batch on device and update, jitted), :func:`make_evaluate` (jitted), and :func:`fit`, the
-host loop that logs, evaluates and checkpoints into a :mod:`plastix.runs` run directory.
+Pieces, each a small pure function: `make_optimizer`, `loss_and_metrics`,
+`make_update` (one optimiser step on a given batch), `make_train_step` (sample a
+batch on device and update, jitted), `make_evaluate` (jitted), and `fit`, the
+host loop that logs, evaluates and checkpoints into a `plastix.runs` run directory.
 
-With ``masking`` (a :class:`plastix.masks.HebbianMasking`), named layers carry Hebbian
+With ``masking`` (a `plastix.masks.HebbianMasking`), named layers carry Hebbian
 masks that prune and regrow their connections during training: the optimiser is wrapped
 so that its state holds the masks, the loss uses the masked forward pass
-(:meth:`plastix.masks.HebbianMasking.apply`) and the optimiser steps the masks from the
+(`plastix.masks.HebbianMasking.apply`) and the optimiser steps the masks from the
 layers' co-activity; the training metrics gain ``sparsity``, ``pruned`` and ``regrown``.
 Without it every number is what it was before masks existed.
 
@@ -61,7 +61,7 @@ TIMING_FIELDS = ("steps_per_s",)
 class TrainConfig:
     """Numbers that steer training; none of them changes a shape the model sees.
 
-    Every field is checked when the config is made (:func:`plastix.checks.validate`): a
+    Every field is checked when the config is made (`plastix.checks.validate`): a
     run of no steps, a rate of 0 or NaN, a batch of none is refused by name.
     """
 
@@ -99,7 +99,7 @@ Batch = tuple[jax.Array, jax.Array, jax.Array]  # inputs, targets, mask
 def make_optimizer(learning_rate: float | optax.Schedule, clip_norm: float,
                    masking: masks.HebbianMasking | None = None) -> optax.GradientTransformation:
     """Adam on gradients whose global norm is clipped to ``clip_norm``; with ``masking``,
-    wrapped so that its state carries the Hebbian masks (:meth:`HebbianMasking.wrap`)."""
+    wrapped so that its state carries the Hebbian masks (`HebbianMasking.wrap`)."""
     optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
     return optimizer if masking is None else masking.wrap(optimizer)
 
@@ -114,7 +114,7 @@ def example_inputs(task) -> jax.Array:
 def init_state(key, model, inputs: int | jax.Array,
                optimizer: optax.GradientTransformation) -> TrainState:
     """The state before the first step: ``model`` initialised on ``inputs`` (a batch of
-    example inputs, e.g. :func:`example_inputs`; an int ``T`` stands for the token batch
+    example inputs, e.g. `example_inputs`; an int ``T`` stands for the token batch
     ``zeros((1, T), int32)``)."""
     if isinstance(inputs, int):
         inputs = jnp.zeros((1, inputs), jnp.int32)
@@ -136,9 +136,9 @@ def loss_and_metrics(params, model, batch: Batch) -> tuple[jax.Array, dict]:
 
 def masked_loss_and_metrics(params, model, masking: masks.HebbianMasking, opt_state,
                             batch: Batch) -> tuple[jax.Array, tuple]:
-    """As :func:`loss_and_metrics` with the masks of ``opt_state`` applied: ``(loss,
+    """As `loss_and_metrics` with the masks of ``opt_state`` applied: ``(loss,
     (metrics, coactivity))``, ``coactivity`` the masked layers' co-activity that the
-    optimiser steps the masks from (:meth:`plastix.masks.HebbianMasking.apply`)."""
+    optimiser steps the masks from (`plastix.masks.HebbianMasking.apply`)."""
     logits, coactivity = masking.apply(model, params, opt_state, batch[0])
     loss, metrics = scores(logits, batch)
     return loss, (metrics, coactivity)
@@ -194,7 +194,7 @@ def make_train_step(model, task, optimizer, batch_size: int,
 def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
     """Jitted ``evaluate(params, key, split) -> {"loss", "accuracy"}`` over ``num_batches``.
 
-    A masked model is scored on its :func:`effective_params` (``w * mask``), which is its
+    A masked model is scored on its `effective_params` (``w * mask``), which is its
     masked forward pass; evaluation needs nothing else of the masks.
     """
 
@@ -212,7 +212,7 @@ def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
 def run_config(model, task, config: TrainConfig, experiment: Mapping | None = None,
                masking: masks.HebbianMasking | None = None) -> dict:
     """What defines a run, as saved in ``config.json``: ``{"experiment": ..., "train": ...}``,
-    plus ``"masking"`` (the :class:`plastix.masks.HebbianMasking`) for a masked run.
+    plus ``"masking"`` (the `plastix.masks.HebbianMasking`) for a masked run.
 
     ``experiment`` describes what built the model and the task (e.g. a model name, its
     hyperparameters and the task's ``tasks.get`` kwargs). Without it they describe
@@ -269,11 +269,11 @@ def fit(
 ) -> TrainState:
     """Train ``model`` on ``task`` for ``config.steps`` steps in ``run_dir``.
 
-    Writes to ``run_dir`` (a :mod:`plastix.runs` run directory): ``config.json``
-    (:func:`run_config`, with ``experiment`` describing the model and task),
+    Writes to ``run_dir`` (a `plastix.runs` run directory): ``config.json``
+    (`run_config`, with ``experiment`` describing the model and task),
     ``metrics.jsonl`` (one record per log / eval, ``{"step", "split", "loss", "accuracy",
     ...}``) and ``checkpoint.msgpack`` (``{"step", "state": TrainState}``), each written
-    atomically or appended a line at a time. Returns the final :class:`TrainState`.
+    atomically or appended a line at a time. Returns the final `TrainState`.
 
     ``mode`` is what to do with a directory that already holds a run (`runs.claim`):
     "auto" (the default) continues it, "resume" continues it and refuses a directory

@@ -15,10 +15,10 @@ calls; `make_rule` builds a new one and `register` adds a factory to the registr
 
 Example::
 
-  from plastix import rules
-  rule = rules.get("oja")
-  coeffs = rules.init_coeffs(rule, w.shape, "synapse")
-  dw, state = rule.update(coeffs, rule.init(w), w, pre, post)
+    from plastix import rules
+    rule = rules.get("oja")
+    coeffs = rules.init_coeffs(rule, w.shape, "synapse")
+    dw, state = rule.update(coeffs, rule.init(w), w, pre, post)
 
 Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
 `competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
@@ -62,5 +62,6 @@ __all__ = [
     "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
     "register", "modulated", "annealed", "apply_mask", "step_mask", "check_mask_thresholds",
     "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
-    "HebbianMaskState", "AnnealedState", "PlasticTrace", "RetroactiveTrace", *REGISTRY,
+    "HebbianMaskState", "AnnealedState", "PlasticTrace", "RetroactiveTrace",
 ]
+__all__ += list(REGISTRY)  # a statement of its own: documentation tools read the list above
