@@ -17,8 +17,8 @@ Which run a directory holds is never left to chance (`claim`): a new run does no
 start in a directory that holds another unless told to replace it, and a resume refuses a
 directory with nothing to resume, or a checkpoint it cannot read, or a history that does
 not reach its checkpoint. A command line that names no directory gets a new one of its own
-(:func:`new_run_dir`, as hydra and wandb do), so the same command can be run again and
-again; resuming or replacing a run needs its directory named (:func:`check_named`).
+(`new_run_dir`, as hydra and wandb do), so the same command can be run again and
+again; resuming or replacing a run needs its directory named (`check_named`).
 
 Resuming means: refuse if the saved config differs from the current one in any key the
 caller has not declared changeable (`check_config`), load the checkpoint, drop the
