@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plastix import network as network_lib
 from plastix import plastic
 
 
@@ -29,8 +30,8 @@ class Curve(NamedTuple):
       nll: ``(B, T)`` NLL (nats) of each prediction, made before its step taught anything.
       correct: ``(B, T)`` 1.0 where the arg-max prediction was the target.
       steps: ``(K,)`` the step count at the end of each probed chunk.
-      weight_norm: ``{layer: (K,)}`` mean over lifetimes of ``||W||_F`` after that chunk.
-      update_rate: ``{layer: (K,)}`` mean over lifetimes of ``||W(t) - W(t - c)||_F / c``
+      weight_norm: ``{matrix: (K,)}`` mean over lifetimes of ``||W||_F`` after that chunk.
+      update_rate: ``{matrix: (K,)}`` mean over lifetimes of ``||W(t) - W(t - c)||_F / c``
         over the chunk of ``c`` steps: how fast the rule moves the weights per step.
       readout_row: ``(K, n_pre)`` the readout row of ``probe_token`` in lifetime 0.
     """
@@ -43,35 +44,44 @@ class Curve(NamedTuple):
     readout_row: np.ndarray
 
 
-def _weights(net: plastic.PlasticRNN, layers: dict, stores: dict, t) -> dict:
-    return {layer: layers[layer].weights(stores[layer], t) for layer in net.plastic_layers}
+def _weights(network: network_lib.Network, layers: dict, stores: dict, t) -> dict:
+    return {name: layers[name].weights(stores[name], t) for name in network.plastic_matrices}
 
 
-@functools.partial(jax.jit, static_argnames=("net", "probe_token"))
-def _run_chunk(net: plastic.PlasticRNN, params: dict, draws: plastic.LifetimeDraws,
-               carry: plastic.Carry, xs: tuple, probe_token: int):
+def _readout_matrix(network: network_lib.Network) -> str | None:
+    """The plastic matrix into the readout whose rows `Curve.readout_row` probes."""
+    names = [conn.name for conn in network.readout.inputs if conn.plastic]
+    return names[0] if names else None
+
+
+@functools.partial(jax.jit, static_argnames=("network", "probe_token"))
+def _run_chunk(network: network_lib.Network, params: dict, draws: plastic.LifetimeDraws,
+               carry: plastic.Carry, xs: plastic.StepInputs, probe_token: int):
     """One chunk of B lifetimes: ``(carry, (nll, correct) each (B, c), probes)``."""
-    layers = plastic.layer_synapses(net, params)
-    start, length = xs[0][0], xs[0].shape[0]
-    before = _weights(net, layers, carry.stores, start)
-    carry, (nll, correct) = jax.lax.scan(plastic.lifetime_step(net, params, draws), carry, xs)
-    after = _weights(net, layers, carry.stores, start + length)
+    layers = plastic.layer_synapses(network, params)
+    start, length = xs.t[0], xs.t.shape[0]
+    before = _weights(network, layers, carry.stores, start)
+    carry, (nll, correct) = jax.lax.scan(plastic.lifetime_step(network, params, draws), carry,
+                                         xs)
+    after = _weights(network, layers, carry.stores, start + length)
+    readout = _readout_matrix(network)
     frobenius = lambda w: jnp.sqrt(jnp.sum(w * w, axis=(1, 2)))
     probes = {
         "weight_norm": {layer: jnp.mean(frobenius(w)) for layer, w in after.items()},
         "update_rate": {layer: jnp.mean(frobenius(after[layer] - before[layer])) / length
                         for layer in after},
-        "readout_row": after["out"][0, probe_token] if "out" in after else jnp.zeros(0),
+        "readout_row": after[readout][0, probe_token] if readout else jnp.zeros(0),
     }
     return carry, (nll.T, correct.T), probes
 
 
-def learning_curve(net: plastic.PlasticRNN, params: dict, key: jax.Array, inputs, targets,
+def learning_curve(net, params: dict, key: jax.Array, inputs, targets,
                    mask, chunk: int = 100, probe_token: int = 0) -> Curve:
     """B lifetimes over ``(B, T)`` sequences, run ``chunk`` steps at a time.
 
     Args:
-      net, params: the plastic network and one member's parameters (`plastic.init_params`).
+      net, params: the plastic network (a `network.Network` or a preset) and one
+        member's parameters (`plastic.init_params`).
       key: draws every lifetime's initial weights and weight noise, as `plastic.evaluate`
         does (the same key gives the same lifetimes as `plastic.run_lifetimes` with
         ``plastic.lifetime_draws(net, key, B)``).
@@ -87,24 +97,25 @@ def learning_curve(net: plastic.PlasticRNN, params: dict, key: jax.Array, inputs
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 step, got {chunk}")
-    if not 0 <= probe_token < net.vocab_size:
-        raise ValueError(f"probe_token must be a token id in [0, {net.vocab_size}), "
+    network = plastic.as_network(net)
+    if not 0 <= probe_token < network.output_size:
+        raise ValueError(f"probe_token must be a token id in [0, {network.output_size}), "
                          f"got {probe_token}")
-    draws = plastic.lifetime_draws(net, key, inputs.shape[0])
-    carry, xs = plastic.lifetime_start(net, params, draws, inputs, targets, mask)
+    draws = plastic.lifetime_draws(network, key, inputs.shape[0])
+    carry, xs = plastic.lifetime_start(network, params, draws, inputs, targets, mask)
     length = inputs.shape[1]
     nll, correct, probes, steps = [], [], [], []
     for begin in range(0, length, chunk):
         window = jax.tree.map(lambda x: x[begin:begin + chunk], xs)
         carry, (chunk_nll, chunk_correct), chunk_probes = _run_chunk(
-            net, params, draws, carry, window, probe_token)
+            network, params, draws, carry, window, probe_token)
         nll.append(chunk_nll)
         correct.append(chunk_correct)
         probes.append(chunk_probes)
         steps.append(min(begin + chunk, length))
     probes = jax.device_get(probes)
     stacked = lambda name: {layer: np.array([p[name][layer] for p in probes])
-                            for layer in net.plastic_layers}
+                            for layer in network.plastic_matrices}
     return Curve(
         nll=np.asarray(jnp.concatenate(nll, axis=1)),
         correct=np.asarray(jnp.concatenate(correct, axis=1)),

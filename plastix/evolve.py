@@ -566,11 +566,7 @@ def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
     ``init_mean`` (an ``init_params``-shaped pytree) is where the search starts;
     by default the rules' default coefficients.
     """
-    if task.vocab_size != net.vocab_size:
-        raise ValueError(
-            f"task {task.name!r} has vocabulary {task.vocab_size} but the network "
-            f"expects {net.vocab_size}"
-        )
+    plastic.check_task(net, task)
     mesh = population_mesh(cfg.population, devices)
     solution = plastic.init_params(net, key) if init_mean is None else init_mean
     return Evolution(net, task, cfg, mesh, solution)

@@ -284,9 +284,7 @@ def make_meta_gradient(net, task, cfg: GradConfig, key: jax.Array, devices=None,
     ``init_params`` (an ``init_params``-shaped pytree) is where the descent starts; by
     default the rules' default coefficients (as `evolve.make_evolution`).
     """
-    if task.vocab_size != net.vocab_size:
-        raise ValueError(f"task {task.name!r} has vocabulary {task.vocab_size} but the "
-                         f"network expects {net.vocab_size}")
+    plastic.check_task(net, task)
     start = plastic.init_params(net, key) if init_params is None else init_params
     return MetaGradient(net, task, cfg, batch_mesh(cfg.batch, devices), start)
 

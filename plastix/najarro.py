@@ -32,11 +32,16 @@ array flattened row by row, so coefficient ``c`` of row ``s`` sits at
 `REFERENCE_COLUMNS`; note that ``AD_lr`` is ``[A, D, eta]`` while ``ABCD_lr`` is
 ``[A, B, C, eta, D]``.
 
-**Layers.** Their networks are feed-forward (``fc1, fc2, fc3``); here the plastic
-layers are taken in the forward order of `plastic.LAYERS`, ``"in"`` (x -> h, ``N x V``),
-``"rec"`` (h_{t-1} -> h, ``N x N``), ``"out"`` (h -> y, ``V x N``), skipping fixed ones:
-the k-th plastic layer here takes the k-th block of their vector. A vector maps one to
-one only onto a network whose matrices have the shapes it was laid out for.
+**Layers.** Their networks are feed-forward: ``fc1, fc2, fc3`` (``MLP_heb``: input ->
+128 -> 64 -> actions, tanh hidden layers, no biases; ``CNN_heb``'s dense part is 648 ->
+128 -> 64 -> actions). `feedforward` builds that network here, its matrices named
+``fc1, fc2, fc3``, and their vector loads onto it one to one. On any network the plastic
+matrices are taken in connection order (layer by layer, as `network.Network.connections`
+lists them), skipping fixed ones: the k-th plastic matrix here takes the k-th block of
+their vector. On the main job's recurrent network (`PlasticRNN`) that order is ``"in"``
+(x -> h, ``N x V``), ``"rec"`` (h_{t-1} -> h, ``N x N``), ``"out"`` (h -> y, ``V x N``).
+A vector maps one to one only onto a network whose matrices have the shapes it was laid
+out for.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from plastix import evolve, plastic
+from plastix import network as network_lib
 from plastix.rules import abcd
 
 # variant -> coefficient names in the column order of their hebbian_update_<variant>.
@@ -112,7 +118,7 @@ PRESET = najarro2020()
 
 
 @functools.partial(jax.jit, static_argnames="net")  # one compile, not one per leaf
-def initial_coefficients(net: plastic.PlasticRNN, key: jax.Array) -> dict:
+def initial_coefficients(net, key: jax.Array) -> dict:
     """A `plastic.init_params` pytree whose coefficients are all drawn N(0, 1).
 
     As ``torch.randn(n_synapses, n_columns)`` in their ``EvolutionStrategyHebb``: one
@@ -127,26 +133,65 @@ def initial_coefficients(net: plastic.PlasticRNN, key: jax.Array) -> dict:
     return params
 
 
-def reference_layers(net: plastic.PlasticRNN) -> tuple[str, ...]:
-    """The plastic layers in the order of their blocks in a reference vector."""
-    return tuple(layer for layer in plastic.LAYERS if layer in net.plastic_layers)
+def feedforward(input_size: int | None = None, output_size: int | None = None,
+                variant: str = "ABCD_lr", hidden: tuple[int, ...] = (128, 64),
+                input: str = "vector", readout_activation: str = "softmax",
+                readout_post: str = "auto") -> network_lib.Network:
+    """Their feed-forward network (``MLP_heb``): ``input -> 128 -> 64 -> output``, tanh
+    hidden layers, no biases, every matrix under ``variant`` with per-synapse
+    coefficients, each matrix divided by its largest |w| after every update, weights
+    U(-0.1, 0.1) every lifetime. The matrices are ``fc1, fc2, ...``; the layers ``h1, h2,
+    ..., out``.
+
+    Args:
+      input_size, output_size: their observation and action sizes here, the task's
+        input and its classes or tokens (None: the task's, `network.Network.sized`).
+      variant: an ABCD variant (`REFERENCE_COLUMNS`).
+      hidden: the hidden layers' sizes.
+      input: "vector" (their observations) or "tokens" (a one-hot token, as their code
+        one-hot encodes a discrete observation).
+      readout_activation: "softmax" scores the drive as logits; "identity" or "tanh"
+        make the readout their ``o3`` (linear, or tanh for the Bullet tasks).
+      readout_post: what the readout's rule reads as post: "auto" (the teacher for the
+        ABCD rules, which read no target: plastix's default for a readout) or "self" (the
+        readout's own activity, their ``o3``: their networks have no teacher).
+    """
+    if variant not in REFERENCE_COLUMNS:
+        raise ValueError(f"unknown ABCD variant {variant!r}; choose one of "
+                         f"{list(REFERENCE_COLUMNS)}")
+    sizes = (*hidden, output_size)
+    names = [f"h{i + 1}" for i in range(len(hidden))] + ["out"]
+    sources = ["x", *names[:-1]]
+    layers = tuple(
+        network_lib.Layer(name, size, (network_lib.Connection(
+            f"fc{i + 1}", source, variant, "synapse", normalise="maxabs",
+            post=readout_post if name == "out" else "auto"),),
+            activation=readout_activation if name == "out" else "tanh")
+        for i, (name, size, source) in enumerate(zip(names, sizes, sources)))
+    return network_lib.Network(layers, input=input, input_size=input_size, init_scale=0.1)
 
 
-def _columns(net: plastic.PlasticRNN, layer: str) -> tuple[str, ...]:
-    rule = net.rule(layer)
+def reference_layers(net) -> tuple[str, ...]:
+    """The plastic matrices in the order of their blocks in a reference vector."""
+    return plastic.as_network(net).plastic_matrices
+
+
+def _columns(network: network_lib.Network, name: str) -> tuple[str, ...]:
+    rule = network.rule(name)
     columns = REFERENCE_COLUMNS.get(rule.name)
     if columns is None or set(columns) != set(rule.default_coeffs):
-        raise ValueError(f"layer {layer!r} has rule {rule.name!r}; the reference layout "
+        raise ValueError(f"layer {name!r} has rule {rule.name!r}; the reference layout "
                          f"covers the ABCD variants {list(REFERENCE_COLUMNS)}")
     return columns
 
 
-def _blocks(net: plastic.PlasticRNN) -> list[tuple[str, tuple[int, int], tuple[str, ...]]]:
-    shapes = net.weight_shapes()
-    return [(layer, shapes[layer], _columns(net, layer)) for layer in reference_layers(net)]
+def _blocks(net) -> list[tuple[str, tuple[int, int], tuple[str, ...]]]:
+    network = plastic.as_network(net)
+    shapes = network.weight_shapes()
+    return [(name, shapes[name], _columns(network, name)) for name in reference_layers(network)]
 
 
-def reference_size(net: plastic.PlasticRNN) -> int:
+def reference_size(net) -> int:
     """Length of a reference coefficient vector for ``net``: sum of synapses x columns."""
     return sum(n_post * n_pre * len(cols) for _, (n_post, n_pre), cols in _blocks(net))
 
@@ -156,15 +201,15 @@ def _layout(blocks) -> str:
                       for layer, (n_post, n_pre), cols in blocks)
 
 
-def coefficients_from_reference(vector, net: plastic.PlasticRNN) -> dict:
+def coefficients_from_reference(vector, net) -> dict:
     """Their coefficient vector as plastix params ``{"coeffs": {layer: {name: (n_post, n_pre)}}}``.
 
     Args:
       vector: their coefficients in the layout of the module docstring: the flat
         vector, or their ``(n_synapses, n_columns)`` array when every layer has the
         same variant.
-      net: a network with ``granularity="synapse"`` and an ABCD variant on every
-        plastic layer.
+      net: a network (a `network.Network` or a preset) with per-synapse coefficients
+        and an ABCD variant on every plastic matrix.
 
     Returns:
       The ``"coeffs"`` part of `plastic.init_params`, in the space ES evolves
@@ -175,10 +220,14 @@ def coefficients_from_reference(vector, net: plastic.PlasticRNN) -> dict:
         length (the message names the expected one), or ``net.log_rates`` meets an
         eta <= 0.
     """
-    if net.granularity != "synapse":
+    network = plastic.as_network(net)
+    coarse = {name: network.connection(name).granularity for name in network.plastic_matrices
+              if network.connection(name).granularity != "synapse"}
+    if coarse:
+        granularity = coarse[next(iter(coarse))] if len(set(coarse.values())) == 1 else coarse
         raise ValueError(f"the reference layout has coefficients per synapse; the network "
-                         f"has granularity={net.granularity!r}")
-    blocks = _blocks(net)
+                         f"has granularity={granularity!r}")
+    blocks = _blocks(network)
     expected = reference_size(net)
     array = np.asarray(vector, np.float32)
     widths = {len(cols) for _, _, cols in blocks}
@@ -195,12 +244,12 @@ def coefficients_from_reference(vector, net: plastic.PlasticRNN) -> dict:
         block = flat[offset:offset + size].reshape(n_pre, n_post, len(cols))
         coeffs[layer] = {name: jnp.asarray(block[:, :, c].T) for c, name in enumerate(cols)}
         offset += size
-    if net.log_rates and any(np.any(c["eta"] <= 0) for c in coeffs.values() if "eta" in c):
+    if network.log_rates and any(np.any(c["eta"] <= 0) for c in coeffs.values() if "eta" in c):
         raise ValueError("net.log_rates evolves log(eta), but the vector has eta <= 0")
-    return {"coeffs": plastic.evolved_coeffs(net, coeffs)}
+    return {"coeffs": plastic.evolved_coeffs(network, coeffs)}
 
 
-def coefficients_to_reference(params: dict, net: plastic.PlasticRNN) -> np.ndarray:
+def coefficients_to_reference(params: dict, net) -> np.ndarray:
     """Plastix params as their flat float32 coefficient vector (the inverse of
     `coefficients_from_reference`).
 
@@ -219,7 +268,7 @@ def coefficients_to_reference(params: dict, net: plastic.PlasticRNN) -> np.ndarr
 
 
 __all__ = [
-    "REFERENCE_COLUMNS", "Preset", "najarro2020", "PRESET", "initial_coefficients",
+    "REFERENCE_COLUMNS", "Preset", "najarro2020", "PRESET", "feedforward", "initial_coefficients",
     "reference_layers", "reference_size", "coefficients_from_reference",
     "coefficients_to_reference",
 ]

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from plastix import progress
+from plastix.rules import Rule
 from plastix.checks import FieldError
 from plastix.cli import one_line
 
@@ -213,6 +214,8 @@ def _jsonable(x: Any) -> Any:
         return np.asarray(x).tolist()
     if isinstance(x, os.PathLike):
         return os.fspath(x)
+    if isinstance(x, Rule):  # a rule in a network: by name, which builds it back
+        return x.name
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         # Fields hidden from repr are bookkeeping (e.g. a flax module's parent), not config.
         return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.repr}
@@ -261,9 +264,13 @@ def read_config(run_dir: str | os.PathLike) -> dict | None:
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Leaves by dotted path; a list of mappings (a network's layers) by index too, so a
+    difference is named down to its field (``net.layers.0.size``)."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            value = {str(i): v for i, v in enumerate(value)} | {"length": len(value)}
         if isinstance(value, Mapping) and value:
             flat.update(_flatten(value, f"{name}."))
         else:

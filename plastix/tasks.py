@@ -84,6 +84,9 @@ class Task(NamedTuple):
         jitted with ``batch`` and ``split`` static.
       symbols: printable name of every token id (``len(symbols) == vocab_size``),
         for ``decode`` / ``encode``.
+      input_size: for a task that feeds vectors, ``inputs`` are float32 ``(B, T,
+        input_size)`` and ``vocab_size`` counts the classes of ``targets``; None for a
+        task of token ids.
     """
 
     name: str
@@ -91,6 +94,7 @@ class Task(NamedTuple):
     seq_len: int
     sample: Callable
     symbols: tuple[str, ...]
+    input_size: int | None = None
 
 
 # ------------------------------------------------------------------ optional packages
@@ -666,7 +670,9 @@ def images(source: str = "sklearn_digits", fold: int | None = None, folds: int =
     num_classes = int(max(targets.max() for _, targets, _ in splits.values())) + 1
     tables = {split: tuple(jnp.asarray(a) for a in data) for split, data in splits.items()}
     sample = _batched(_row_sampler(tables, to_example=lambda row: row))
-    return Task("images", num_classes, 1, sample, tuple(str(c) for c in range(num_classes)))
+    pixels = int(splits["train"][0].shape[-1])
+    return Task("images", num_classes, 1, sample, tuple(str(c) for c in range(num_classes)),
+                input_size=pixels)
 
 
 def _load_tfds_images(name: str, data_dir: str | None) -> dict:
@@ -746,6 +752,74 @@ def pixels(source: str = "sklearn_digits", levels: int = 4, predict: str = "next
 # --------------------------------------------------------------- registry, metrics
 
 
+# ------------------------------------------------------- classification episodes (vectors)
+
+
+def _episode_targets(key, num_classes: int, seq_len: int):
+    """The classes of one episode's ``seq_len`` steps, uniform, and a mask scoring all."""
+    classes = jax.random.randint(key, (seq_len,), 0, num_classes)
+    return classes.astype(jnp.int32), jnp.ones(seq_len, jnp.float32)
+
+
+def pattern_episodes(num_classes: int = 5, dim: int = 32, seq_len: int = 50,
+                     noise: float = 0.5) -> Task:
+    """Few-shot classification learned within a lifetime, on patterns drawn afresh.
+
+    Every episode draws ``num_classes`` prototypes ``p_c ~ N(0, I_dim)``; at each of its
+    ``seq_len`` steps one class c is drawn uniformly and the input is a noisy copy
+    ``x = p_c + noise * N(0, I)``, its target c, every step scored. The network predicts
+    the class before the step teaches it: since prototypes and labels are new in every
+    episode, nothing but the learning within the lifetime can predict them (chance is
+    ``1 / num_classes``). Inputs are float32 ``(T, dim)``; the splits are independent
+    streams of fresh episodes.
+    """
+    num_classes = _check_count("num_classes", num_classes, 2)
+    dim = _check_count("dim", dim, 1)
+    seq_len = _check_count("seq_len", seq_len, 1)
+    checks.NONNEGATIVE.check("noise", noise)
+
+    def sample_one(key, split):
+        del split  # fresh episodes: _batched gave each split its own key stream
+        proto_key, class_key, noise_key = jax.random.split(key, 3)
+        prototypes = jax.random.normal(proto_key, (num_classes, dim))
+        targets, mask = _episode_targets(class_key, num_classes, seq_len)
+        inputs = prototypes[targets] + noise * jax.random.normal(noise_key, (seq_len, dim))
+        return inputs, targets, mask
+
+    return Task("pattern_episodes", num_classes, seq_len, _batched(sample_one),
+                tuple(str(c) for c in range(num_classes)), input_size=dim)
+
+
+def digit_episodes(seq_len: int = 100, data_dir: str | None = None,
+                   source: str = "sklearn_digits") -> Task:
+    """Digit classification learned within a lifetime: the labels are shuffled per episode.
+
+    An episode shows ``seq_len`` images of its split (uniformly, with replacement), their
+    grey intensities in [0, 1] as a vector, and scores the class of each before the step
+    teaches it. Every episode relabels the ten classes by a random permutation, so which
+    label an image has must be learned within the lifetime (a network cannot carry it in
+    its weights from one episode to the next); how images of a class resemble each other
+    can be. The images are those of `images` (scikit-learn's bundled digits by default).
+    """
+    seq_len = _check_count("seq_len", seq_len, 1)
+    splits = _image_source(source, data_dir)
+    num_classes = int(max(labels.max() for _, labels in splits.values())) + 1
+    tables = {split: (jnp.asarray(pictures.reshape(len(labels), -1), jnp.float32),
+                      jnp.asarray(labels, jnp.int32))
+              for split, (pictures, labels) in splits.items()}
+
+    def sample_one(key, split):
+        pictures, labels = tables[split]
+        rows_key, relabel_key = jax.random.split(key)
+        rows = jax.random.randint(rows_key, (seq_len,), 0, labels.shape[0])
+        relabel = jax.random.permutation(relabel_key, num_classes)
+        return pictures[rows], relabel[labels[rows]], jnp.ones(seq_len, jnp.float32)
+
+    pixels = int(tables["train"][0].shape[1])
+    return Task("digit_episodes", num_classes, seq_len, _batched(sample_one),
+                tuple(str(c) for c in range(num_classes)), input_size=pixels)
+
+
 REGISTRY: dict[str, Callable[..., Task]] = {
     "assoc_retrieval": assoc_retrieval,
     "mqar": mqar,
@@ -755,6 +829,8 @@ REGISTRY: dict[str, Callable[..., Task]] = {
     "pixels": pixels,
     "images": images,
     "random_tokens": random_tokens,
+    "pattern_episodes": pattern_episodes,
+    "digit_episodes": digit_episodes,
 }
 
 

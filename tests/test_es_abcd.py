@@ -161,7 +161,7 @@ def test_delta_start_is_the_delta_rule():
     args = es_abcd.parse_args(["--task", "recall_overwrite", "--rule-out", "multilinear_mod",
                                "--hidden", "8", "--init-mean", "delta", "--log-rates"])
     task = es_abcd.build_task(args)
-    net = es_abcd.build_net(args, task.vocab_size)
+    net = es_abcd.build_net(args, task)
     delta_net = es_abcd.with_readout_rule(net, "delta")
     delta_params = es_abcd._coeffs(delta_net, eta=es_abcd.DELTA_START_RATE)
     key = jax.random.key(3)
@@ -172,7 +172,7 @@ def test_delta_start_is_the_delta_rule():
 
     args = es_abcd.parse_args(["--init-mean", "delta"])  # ABCD_lr has no teacher term
     with pytest.raises(ValueError, match="needs a readout rule with a teacher term"):
-        es_abcd.initial_mean(es_abcd.build_net(args, 37), args)
+        es_abcd.initial_mean(es_abcd.build_net(args, es_abcd.build_task(args)), args)
 
 
 def test_hidden_rules_start_at_init_hidden_eta(capsys):
@@ -186,7 +186,7 @@ def test_hidden_rules_start_at_init_hidden_eta(capsys):
                                "multilinear_mod", "--hidden", "8",
                                "--init-mean", "zero", "--log-rates",
                                "--init-hidden-eta", "0.01"])
-    net = es_abcd.build_net(args, 37)
+    net = es_abcd.build_net(args, es_abcd.build_task(args))
     coeffs = plastic.rule_coeffs(net, es_abcd.initial_mean(net, args))
     for layer in ("in", "rec"):
         np.testing.assert_allclose(coeffs[layer]["eta"], 0.01, rtol=1e-6)

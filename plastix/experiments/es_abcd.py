@@ -13,6 +13,8 @@ gradient through the lifetime (plastix.metagrad).
     python experiments/es_abcd.py --task text --rule-out polynomial_mod --rule-rec ABCD_lr
     python experiments/es_abcd.py --task recall_overwrite --rule-out multilinear_mod \\
         --log-rates --init-mean zero --batch 128 --outer gradient --grad-lr 0.03
+    python experiments/es_abcd.py --task pattern_episodes --network my_network.json
+    python experiments/es_abcd.py --task pattern_episodes --preset najarro2020
     python experiments/es_abcd.py --out runs/x --resume    # continue a killed run
     python experiments/es_abcd.py --out runs/x --resume --generations 800  # or extend it
 
@@ -27,6 +29,12 @@ Every field of plastix.evolve.ESConfig has a flag (see the ES group below; a boo
 is --F / --no-F), and so has every field of plastix.metagrad.GradConfig (the gradient
 group; --batch, --eval-batch, --l2 and --l2-reduce serve both outer loops).
 --generations counts ES generations or gradient updates.
+
+The network is the main job's (plastix.plastic.PlasticRNN: --hidden, --rule-in/-rec/-out,
+...) unless --network FILE gives one of any shape (a JSON or TOML file in the layout of
+plastix.network.Network.to_dict; sizes left null are the task's), or --preset najarro2020
+sets up Najarro & Risi (2020): their feed-forward network, their ES settings as defaults
+(flags given still win) and coefficients drawn N(0, 1) at the start.
 
 ``plastix evolve`` (installed with plastix) and
 ``python experiments/es_abcd.py`` (in a checkout) run this module.
@@ -56,7 +64,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import checks, cli, evolve, metagrad, plastic, runs, tasks  # noqa: E402
+from plastix import checks, cli, evolve, metagrad, najarro, plastic, runs, tasks  # noqa: E402
+from plastix import network as network_lib  # noqa: E402
 
 HAND_RULE_ETAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # Hebb with decay keeps a fraction 1 - eta*decay of each weight per step: the grid is over
@@ -104,6 +113,13 @@ RUNS_ROOT = os.path.join("runs", "es_abcd")
 MAY_CHANGE_ON_RESUME = ("generations", "es.chunk_size", "es.memory_budget", "out", "plots",
                         "report")
 REPORTS = ("full", "rule")
+INIT_MEANS = ("defaults", "zero", "delta", "normal")
+PRESETS = ("najarro2020",)
+# The flags (dests) that build the main job's network; a network given whole
+# (--network, --preset) takes none of them.
+NETWORK_FLAGS = ("hidden", "rule_in", "rule_rec", "rule_out", "granularity", "readout_post",
+                 "normalise", "modulation", "weight_noise", "normalise_layers", "evolve_init",
+                 "readout_bias", "log_rates", "init_scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,11 +155,13 @@ class RunConfig:
 
     Attributes:
       task: the task.
-      net: the plastic network (its vocabulary is the task's).
+      net: the plastic network: the main job's (`plastic.PlasticRNN`) or any
+        `network.Network` (its input and readout sized to the task).
       es: the ES settings.
       outer: what learns the parameters: "es" or "gradient".
       grad: the gradient settings (its batch, eval batch and L2 penalty are the ES ones).
-      init_mean: where ES starts: "defaults", "zero" or "delta" (``initial_mean``).
+      init_mean: where ES starts: "defaults", "zero", "delta" or "normal"
+        (``initial_mean``).
       init_hidden_eta: the rate the hidden layers' rules start from under "zero" and
         "delta" (the readout starts at eta = 1, or the delta rule's rate).
       seed: seeds the ES run and the starting point.
@@ -155,7 +173,7 @@ class RunConfig:
     """
 
     task: TaskConfig
-    net: plastic.PlasticRNN
+    net: plastic.PlasticRNN | network_lib.Network
     es: evolve.ESConfig
     outer: str = "es"
     grad: metagrad.GradConfig = metagrad.GradConfig()
@@ -306,9 +324,19 @@ def parser() -> cli.Parser:
     p.add_argument("--evolve-init", action="store_true", help="coevolve the initial weights")
     p.add_argument("--readout-bias", action="store_true", help="always-on unit into the readout")
     p.add_argument("--log-rates", action="store_true", help="evolve log(eta) instead of eta")
-    p.add_argument("--init-mean", default="defaults", choices=("defaults", "zero", "delta"),
-                   help="ES start: the rules' default coefficients, all zero with eta = 1, or "
-                        "the readout at the delta rule (eta = 100)")
+    p.add_argument("--network", default=None, metavar="FILE",
+                   help="a network of any shape from a JSON or TOML file (plastix.network); "
+                        "then the network flags of the main job's (--hidden, --rule-*, ...) "
+                        "do not apply")
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="najarro2020: Najarro & Risi's feed-forward network (hidden "
+                        "128, 64), their ES settings as defaults and an N(0, 1) start")
+    p.add_argument("--abcd-variant", default="ABCD_lr", choices=tuple(najarro.REFERENCE_COLUMNS),
+                   help="with --preset najarro2020: the ABCD variant of every matrix")
+    p.add_argument("--init-mean", default="defaults", choices=INIT_MEANS,
+                   help="ES start: the rules' default coefficients, all zero with eta = 1, "
+                        "the readout at the delta rule (eta = 100), or every coefficient "
+                        "N(0, 1) (Najarro & Risi)")
     p.add_argument("--init-hidden-eta", type=checks.RATE, default=1.0,
                    help="with --init-mean zero or delta: the rate the hidden layers' rules "
                         "start from (a small one lets the outer loop grow hidden plasticity "
@@ -357,7 +385,21 @@ def build_task(args):
     return task_config(args).build()
 
 
-def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
+def build_net(args, task) -> plastic.PlasticRNN | network_lib.Network:
+    """The run's network: from --network or --preset, sized to the task, or the main
+    job's from its flags."""
+    output_size = task.vocab_size
+    input_size = task.vocab_size if task.input_size is None else task.input_size
+    input_kind = "tokens" if task.input_size is None else "vector"
+    if args.network is not None:
+        return network_lib.load(args.network).sized(input_size, output_size)
+    if args.preset == "najarro2020":
+        return najarro.feedforward(input_size, output_size, args.abcd_variant,
+                                   input=input_kind)
+    if task.input_size is not None:
+        raise ValueError(f"--task {task.name} feeds vectors; the main job's network reads "
+                         f"tokens: give a network with --network FILE or --preset")
+    vocab_size = task.vocab_size
     layer_rules = tuple(
         (layer, getattr(args, f"rule_{layer}"))
         for layer in plastic.LAYERS
@@ -380,8 +422,16 @@ def build_net(args, vocab_size: int) -> plastic.PlasticRNN:
     )
 
 
-def build_es_config(args, cls: type = evolve.ESConfig) -> evolve.ESConfig:
-    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+def build_es_config(args, cls: type = evolve.ESConfig,
+                    given: dict[str, str] | None = None) -> evolve.ESConfig:
+    """The ES settings of the flags; with --preset, the preset's settings where no flag
+    was written (``given``: the flags written, `cli.parse`)."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
+    if getattr(args, "preset", None) == "najarro2020":
+        preset = dataclasses.asdict(najarro.PRESET.es)
+        values.update({name: preset[name] for name in values
+                       if name not in (given or {}) and name in preset})
+    return cls(**values)
 
 
 def build_grad_config(args, cls: type = metagrad.GradConfig) -> metagrad.GradConfig:
@@ -408,8 +458,15 @@ def refuse_inapplicable(args, given: dict[str, str]) -> None:
                  if f.name not in SHARED_FIELDS]
     cli.refuse(given, es_only if args.outer == "gradient" else grad_only,
                f"to --outer {args.outer}")
-    if args.init_mean == "defaults":
-        cli.refuse(given, ["init_hidden_eta"], "to --init-mean defaults (use zero or delta)")
+    if args.init_mean in ("defaults", "normal"):
+        cli.refuse(given, ["init_hidden_eta"], f"to --init-mean {args.init_mean} (use zero or "
+                                               f"delta)")
+    if args.network is not None and args.preset is not None:
+        raise ValueError("--network and --preset both give the network: choose one")
+    if args.network is not None or args.preset is not None:
+        cli.refuse(given, NETWORK_FLAGS, "with --network or --preset (the network is given)")
+    if args.preset is None:
+        cli.refuse(given, ["abcd_variant"], "without --preset najarro2020")
     runs.check_named(args.out, run_mode(args), RUNS_ROOT)
 
 
@@ -431,16 +488,23 @@ def _named_by_flags(build: Callable[[], Any]) -> Any:
         raise e.renamed(flag_of) from None
 
 
-def run_config(args) -> RunConfig:
-    """The parsed command line as one frozen config (builds the task for its vocabulary)."""
+def run_config(args, given: dict[str, str] | None = None) -> RunConfig:
+    """The parsed command line as one frozen config (builds the task for its sizes);
+    ``given``: the flags written, which win over a preset's settings."""
     task = task_config(args)
-    net = build_net(args, task.build().vocab_size)
-    if not net.layer_rules and not net.evolve_init:
+    net = build_net(args, task.build())
+    network = plastic.as_network(net)
+    if not network.plastic_matrices and not network.evolve_init:
+        if network is net:
+            raise ValueError("nothing to learn: the network has no rule on any matrix and "
+                             "its initial weights are not learned (evolve_init)")
         raise ValueError("nothing to learn: every layer is fixed (--rule-in, --rule-rec and "
                          "--rule-out are none) and --evolve-init is off")
-    return RunConfig(task=task, net=net, es=_named_by_flags(lambda: build_es_config(args)),
+    init_mean = "normal" if args.preset and "init_mean" not in (given or {}) else args.init_mean
+    return RunConfig(task=task, net=net,
+                     es=_named_by_flags(lambda: build_es_config(args, given=given)),
                      outer=args.outer, grad=_named_by_flags(lambda: build_grad_config(args)),
-                     init_mean=args.init_mean, init_hidden_eta=args.init_hidden_eta,
+                     init_mean=init_mean, init_hidden_eta=args.init_hidden_eta,
                      seed=args.seed,
                      generations=args.generations, log_every=args.log_every, out=args.out,
                      plots=not args.no_plots, report=args.report)
@@ -455,7 +519,7 @@ def parse_config(argv=None) -> tuple[RunConfig, str]:
     """``(run config, run-directory mode)`` of a command line."""
     args, given = parse_flags(argv)
     refuse_inapplicable(args, given)
-    return run_config(args), run_mode(args)
+    return run_config(args, given), run_mode(args)
 
 
 # Keys of the flat config.json of runs written before RunConfig that name an ESConfig
@@ -469,9 +533,11 @@ def upgrade_config(saved: dict) -> dict:
     today (flags added since then take their defaults). Runs from before the gradient
     outer loop were ES runs."""
     if "es" in saved:
-        # Network fields added since the run was saved take their defaults.
-        defaults = runs.config_dict(plastic.PlasticRNN(vocab_size=2))
-        saved = {**saved, "net": {**defaults, **saved["net"]}}
+        # Network fields added since the run was saved take their defaults (the main
+        # job's network; a `network.Network`, with its layers, is saved whole).
+        if "layers" not in saved["net"]:
+            defaults = runs.config_dict(plastic.PlasticRNN(vocab_size=2))
+            saved = {**saved, "net": {**defaults, **saved["net"]}}
         # So do top-level settings added since (their defaults are what the run used).
         saved = {"init_hidden_eta": RunConfig.init_hidden_eta, **saved}
         if "outer" in saved:
@@ -487,30 +553,37 @@ def upgrade_config(saved: dict) -> dict:
     return runs.config_dict(run_config(args))
 
 
-def initial_mean(net: plastic.PlasticRNN, cfg) -> dict:
+def initial_mean(net, cfg) -> dict:
     """Where ES starts (``cfg.init_mean``; ``cfg`` is a RunConfig or the parsed flags).
     "zero": no plasticity term at all but a unit learning rate, so the
     first generations measure which terms help instead of climbing out of a default rule.
     "delta": as "zero", but the readout polynomial starts AT the delta rule
-    eta (m - y) x with eta = DELTA_START_RATE -- a diagnostic: does ES stay there?"""
+    eta (m - y) x with eta = DELTA_START_RATE -- a diagnostic: does ES stay there?
+    "normal": every coefficient N(0, 1), as Najarro & Risi start."""
+    if cfg.init_mean == "normal":
+        return najarro.initial_coefficients(net, jax.random.key(cfg.seed))
     params = plastic.init_params(net, jax.random.key(cfg.seed))
     if cfg.init_mean == "defaults":
         return params
+    readout = net.readout_matrices
     # Built as the rules see them (eta itself), then mapped to what ES evolves.
     coeffs = {
-        layer: {name: jnp.full_like(v, 0.0 if name != "eta" else
-                                    1.0 if layer == "out" else cfg.init_hidden_eta)
-                for name, v in layer_coeffs.items()}
-        for layer, layer_coeffs in plastic.rule_coeffs(net, params).items()
+        name: {term: jnp.full_like(v, 0.0 if term != "eta" else
+                                   1.0 if name in readout else cfg.init_hidden_eta)
+               for term, v in matrix_coeffs.items()}
+        for name, matrix_coeffs in plastic.rule_coeffs(net, params).items()
     }
     if cfg.init_mean == "delta":
-        out = coeffs.get("out", {})
-        if "theta" not in out or out["theta"].ndim < 4:
+        polynomials = [name for name in readout
+                       if "theta" in coeffs.get(name, {}) and coeffs[name]["theta"].ndim >= 4]
+        if not polynomials:
             raise ValueError("--init-mean delta needs a readout rule with a teacher term "
                              "(polynomial_mod or multilinear_mod)")
-        # theta[px, py, pw, pm] multiplies x^px y^py w^pw m^pm: delta = x*m - x*y.
-        out["theta"] = out["theta"].at[1, 0, 0, 1].set(1.0).at[1, 1, 0, 0].set(-1.0)
-        out["eta"] = jnp.full_like(out["eta"], DELTA_START_RATE)
+        for name in polynomials:
+            out = coeffs[name]
+            # theta[px, py, pw, pm] multiplies x^px y^py w^pw m^pm: delta = x*m - x*y.
+            out["theta"] = out["theta"].at[1, 0, 0, 1].set(1.0).at[1, 1, 0, 0].set(-1.0)
+            out["eta"] = jnp.full_like(out["eta"], DELTA_START_RATE)
     params["coeffs"] = plastic.evolved_coeffs(net, coeffs)
     return params
 
@@ -518,15 +591,12 @@ def initial_mean(net: plastic.PlasticRNN, cfg) -> dict:
 # --- baselines for the report ---------------------------------------------------------
 
 
-def with_readout_rule(net: plastic.PlasticRNN, rule_name: str) -> plastic.PlasticRNN:
+def with_readout_rule(net, rule_name: str):
     """The same network with only the readout plastic, under ``rule_name``."""
-    return dataclasses.replace(
-        net, layer_rules=(("out", rule_name),), granularity="shared", evolve_init=False,
-        readout_post="auto", log_rates=False,
-    )
+    return net.with_readout_rule(rule_name)
 
 
-def hand_rule_candidates(net: plastic.PlasticRNN):
+def hand_rule_candidates(net):
     """(label, net, params) for the fixed hand rules, over a small grid of eta (and decay)."""
     for eta in HAND_RULE_ETAS:
         hebb = with_readout_rule(net, "hebb")
@@ -541,11 +611,13 @@ def hand_rule_candidates(net: plastic.PlasticRNN):
         yield "Delta rule (readout)", delta, _coeffs(delta, eta=eta), {"eta": eta}
 
 
-def _coeffs(net: plastic.PlasticRNN, **values) -> dict:
+def _coeffs(net, **values) -> dict:
+    """Parameters of a network with only its readout plastic: its readout matrices'
+    coefficients set to ``values``."""
     params = plastic.init_params(net, jax.random.key(0))
-    coeffs = params["coeffs"]["out"]
-    for name, value in values.items():
-        coeffs[name] = jnp.full_like(coeffs[name], value)
+    for coeffs in params["coeffs"].values():
+        for name, value in values.items():
+            coeffs[name] = jnp.full_like(coeffs[name], value)
     return params
 
 
@@ -587,8 +659,7 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
     rows = [row(label, net, evolved_params)]
     if not baselines:
         return rows
-    frozen = dataclasses.replace(net, layer_rules=())
-    rows.append(row("plasticity off", frozen, {"coeffs": {}, **_w0(evolved_params)}))
+    rows.append(row("plasticity off", net.frozen(), {"coeffs": {}, **_w0(evolved_params)}))
     draws = [score(net, task, random_coefficients(evolved_params, jax.random.key(1000 + i)),
                    test_key, "test", eval_batch) for i in range(RANDOM_COEFF_DRAWS)]
     nlls, accs = np.array(draws).T
@@ -602,7 +673,7 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
     return rows + ngram_rows(task, eval_batch=eval_batch)
 
 
-def best_hand_rules(net: plastic.PlasticRNN, task, eval_batch: int,
+def best_hand_rules(net, task, eval_batch: int,
                     valid_seed: int = 778) -> list[tuple]:
     """``(label, net, params, setting)`` of each hand rule at its best eta (and decay) on
     ``eval_batch`` validation sequences (`hand_rule_candidates`)."""
@@ -616,20 +687,25 @@ def best_hand_rules(net: plastic.PlasticRNN, task, eval_batch: int,
 
 def ngram_rows(task, fit_batch: int = 4096, eval_batch: int = 512) -> list[dict]:
     """Unigram and bigram (last input token -> target) models fitted on sampled train
-    sequences (add-one smoothing), scored on the test split's scored positions."""
+    sequences (add-one smoothing), scored on the test split's scored positions; a task
+    that feeds vectors has no input token, and gets the unigram (class frequencies) alone."""
     v = task.vocab_size
     inputs, targets, mask = jax.device_get(task.sample(jax.random.key(900), fit_batch, "train"))
     scored = mask > 0
     unigram = np.bincount(targets[scored], minlength=v) + 1.0
+    tokens = task.input_size is None
     bigram = np.ones((v, v))
-    np.add.at(bigram, (inputs[scored], targets[scored]), 1.0)
+    if tokens:
+        np.add.at(bigram, (inputs[scored], targets[scored]), 1.0)
     unigram, bigram = unigram / unigram.sum(), bigram / bigram.sum(1, keepdims=True)
     inputs, targets, mask = jax.device_get(task.sample(jax.random.key(TEST_KEY), eval_batch,
                                                        "test"))
     scored = mask > 0
     rows = []
-    for label, probs in (("unigram (train-fitted)", unigram[targets[scored]]),
-                         ("bigram (train-fitted)", bigram[inputs[scored], targets[scored]])):
+    models = [("unigram (train-fitted)", unigram[targets[scored]])]
+    if tokens:
+        models.append(("bigram (train-fitted)", bigram[inputs[scored], targets[scored]]))
+    for label, probs in models:
         table = unigram[None] if label.startswith("uni") else bigram[inputs[scored]]
         accuracy = np.mean(np.argmax(table, axis=-1) == targets[scored])
         nll = float(-np.mean(np.log(probs)))
@@ -653,12 +729,13 @@ def polynomial_terms(theta) -> dict[str, float]:
     return names
 
 
-def delta_sign_pattern(evolved_params: dict) -> str | None:
-    """The learned readout polynomial beside the delta rule eta (m - y) x, largest terms first.
+def delta_sign_pattern(evolved_params: dict, readout: str = "out") -> str | None:
+    """The learned readout polynomial (of the matrix ``readout``) beside the delta rule
+    eta (m - y) x, largest terms first.
 
     Both are scaled so their largest |coefficient| is 1 (the rule's eta absorbs scale).
     """
-    out = evolved_params["coeffs"].get("out", {})
+    out = evolved_params["coeffs"].get(readout, {})
     if "theta" not in out or np.asarray(out["theta"]).ndim < 4:
         return None
     evolved = polynomial_terms(out["theta"])
@@ -742,7 +819,8 @@ def save_plots(out_dir: str, history: list[dict], outer, evolved_params) -> None
     inputs, targets, mask = outer.task.sample(jax.random.key(5), 1, "test")
     _, (w_start, w_end) = plastic.lifetime_logits(outer.net, evolved_params, jax.random.key(6),
                                                   inputs[0], targets[0], mask[0])
-    layers = outer.net.plastic_layers or ("out",)
+    network = plastic.as_network(outer.net)
+    layers = network.plastic_matrices or network.readout_matrices[:1]
     fig, axes = plt.subplots(len(layers), 2, figsize=(7, 3 * len(layers)), squeeze=False)
     for row_axes, layer in zip(axes, layers):
         for ax, w, when in zip(row_axes, (w_start[layer], w_end[layer]), ("start", "end")):
@@ -767,7 +845,7 @@ def write_report(cfg: RunConfig, task, net, rows: list[dict], learned: dict,
     """
     report = format_report(rows, task, cfg.es.eval_batch)
     effective = jax.device_get(plastic.rule_coeffs(net, learned))
-    pattern = delta_sign_pattern({"coeffs": effective})
+    pattern = delta_sign_pattern({"coeffs": effective}, net.readout_matrices[0])
     if pattern is not None:
         report += "\n\n" + pattern
     runs.write_text(os.path.join(cfg.out, "report.md"), report + "\n")
@@ -810,10 +888,17 @@ def describe(cfg: RunConfig, outer) -> str:
     else:
         how = (f"{cfg.es.strategy} pop {cfg.es.population} x {cfg.es.batch} lifetimes | "
                f"{n_params} evolved parameters")
+    network = plastic.as_network(net)
+    rules = {name: network.rule(name).name for name in network.plastic_matrices}
+    granularities = {network.connection(name).granularity for name in network.plastic_matrices}
+    granularity = (next(iter(granularities)) if len(granularities) == 1 else
+                   {name: network.connection(name).granularity
+                    for name in network.plastic_matrices})
+    sizes = (f"vocab {task.vocab_size}" if task.input_size is None else
+             f"inputs {task.input_size}, classes {task.vocab_size}")
     return (f"plastix {'ES' if cfg.outer == 'es' else 'meta-gradient'} | task {task.name} "
-            f"(vocab {task.vocab_size}, T={task.seq_len}) | rules {net.rule_names()} "
-            f"{net.granularity} | {how} | {len(outer.mesh.devices.ravel())} "
-            f"{jax.default_backend()} device(s)")
+            f"({sizes}, T={task.seq_len}) | rules {rules} {granularity} | {how} | "
+            f"{len(outer.mesh.devices.ravel())} {jax.default_backend()} device(s)")
 
 
 def _shown(x, digits: int = 4) -> str:
