@@ -496,9 +496,36 @@ def _fields_of(cls: type, data: Any, where: str) -> dict:
     return dict(data)
 
 
+# Networks that ship with plastix (examples, and the experiments' networks), by name.
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "networks")
+
+
+def bundled() -> tuple[str, ...]:
+    """The names of the networks that ship with plastix (`load` takes them)."""
+    if not os.path.isdir(BUNDLED_DIR):
+        return ()
+    return tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(BUNDLED_DIR)
+                        if name.endswith((".json", ".toml"))))
+
+
+def network_path(name_or_path: str | os.PathLike) -> str:
+    """The file of a bundled network's name, or ``name_or_path`` itself."""
+    path = os.fspath(name_or_path)
+    if not os.path.exists(path) and path in bundled():
+        for suffix in (".json", ".toml"):
+            candidate = os.path.join(BUNDLED_DIR, path + suffix)
+            if os.path.exists(candidate):
+                return candidate
+    return path
+
+
 def load(path: str | os.PathLike) -> Network:
-    """A network from a ``.json`` or ``.toml`` file (the layout of `Network.to_dict`)."""
-    path = os.fspath(path)
+    """A network from a ``.json`` or ``.toml`` file (the layout of `Network.to_dict`), or
+    a bundled network by its name (`bundled`)."""
+    path = network_path(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such network file (bundled networks: "
+                         f"{list(bundled())})")
     with open(path, "rb") as f:
         raw = f.read()
     try:

@@ -364,6 +364,14 @@ def test_a_bad_network_is_named(build, message):
         build()
 
 
+def test_bundled_networks_load_by_name():
+    assert "feedforward_classifier" in nw.bundled()
+    net = nw.load("feedforward_classifier")
+    assert net.input == "vector" and net.rule("fc2").name == "delta"
+    with pytest.raises(ValueError, match="no_such_net: no such network file"):
+        nw.load("no_such_net")
+
+
 def test_a_network_file_that_is_not_one_is_named(tmp_path):
     path = tmp_path / "net.json"
     path.write_text("{not json")
