@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import evolve, metagrad, najarro, plastic, rules, runs, tasks
+from plastix import evolve, metagrad, najarro, plastic, runs, tasks
 from plastix import network as nw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
