@@ -14,7 +14,6 @@ The grid is read and every cell checked as ``sweep.py`` reads and checks it (the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
