@@ -47,14 +47,20 @@ The two protocols:
 * **fitted** (`fit_counts`, `fitted_nll`, `fitted_interpolated_nll`): counts of the whole
   training split, read-only while the window is scored.
 
-`select_online` and `select_fitted` choose k for each order and then the mixture
-weights on the validation split by mean NLL over all its positions.
+* **online, any order** (`online_counts`, `online_counted_probs`,
+  `select_online_counted`): the same online models, their counts read off the earlier
+  positions of the window that share the context, in NumPy: no table, so a 4-gram or
+  longer context costs what the bigram does.
+
+`select_online`, `select_online_counted` and `select_fitted` choose k for each order and
+then the mixture weights on the validation split by mean NLL over all its positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -71,16 +77,16 @@ class NgramChoice:
     """Add-k constants and Jelinek-Mercer weights chosen on the validation split.
 
     Attributes:
-      ks: add-k constant of the unigram, bigram and trigram, each the best of the grid
-        for its own order alone.
-      weights: interpolation weights of (unigram, bigram, trigram) at those ks.
+      ks: add-k constant of the unigram, bigram, trigram (and higher orders, for
+        `select_online_counted`), each the best of the grid for its own order alone.
+      weights: interpolation weights of the orders, lowest first, at those ks.
       order_nll: validation mean NLL (nats) of each order alone at its k.
       nll: validation mean NLL (nats) of the chosen mixture.
     """
 
-    ks: tuple[float, float, float]
-    weights: tuple[float, float, float]
-    order_nll: tuple[float, float, float]
+    ks: tuple[float, ...]
+    weights: tuple[float, ...]
+    order_nll: tuple[float, ...]
     nll: float
 
 
@@ -187,39 +193,42 @@ def _add_k(count, total, k, vocab_size: int):
     return (count + k) / (total + k * vocab_size)
 
 
-def _simplex_weights(step: float) -> np.ndarray:
-    """Every weight triple on the simplex grid of spacing ``step`` (``1 / step`` must be an
-    integer): ``(M, 3)``, rows sum to 1."""
+def _simplex_weights(step: float, n: int = 3) -> np.ndarray:
+    """Every weight n-tuple on the simplex grid of spacing ``step`` (``1 / step`` must be
+    an integer): ``(M, n)``, rows sum to 1."""
     if not (isinstance(step, (int, float)) and 0 < step <= 1):
         raise ValueError(f"weight_step must be in (0, 1], got {step!r}")
     parts = round(1 / step)
     if abs(parts * step - 1) > 1e-9:
         raise ValueError(f"weight_step must divide 1 into a whole number of steps, got {step!r}")
-    triples = [(i, j, parts - i - j) for i in range(parts + 1) for j in range(parts + 1 - i)]
-    return np.asarray(triples, np.float64) / parts
+    rows = [row + (parts - sum(row),)
+            for row in itertools.product(range(parts + 1), repeat=n - 1) if sum(row) <= parts]
+    return np.asarray(rows, np.float64) / parts
 
 
 def _select(target_probs_of_k: Callable, k_grid: Sequence[float], weight_step: float) -> NgramChoice:
-    """Best k per order, then the best mixture of the three at those ks.
+    """Best k per order, then the best mixture of the orders at those ks.
 
-    ``target_probs_of_k(k)`` gives the ``(B, T, 3)`` probabilities of the targets under
-    the three orders, all at add-k constant k: one evaluation per k serves every order,
+    ``target_probs_of_k(k)`` gives the ``(B, T, n)`` probabilities of the targets under
+    the n orders, all at add-k constant k: one evaluation per k serves every order,
     and every mixture is scored from the kept arrays without running a model again.
     """
     if len(k_grid) == 0:
         raise ValueError("k_grid must hold at least one k")
     for k in k_grid:
         _check_k(k, "every k of k_grid")
-    mixtures = _simplex_weights(weight_step)
-    best_nll = np.full(len(ORDERS), np.inf)
-    best_k = [None] * len(ORDERS)
-    best_probs = [None] * len(ORDERS)
+    best_nll, best_k, best_probs = None, None, None
     for k in k_grid:
-        probs = np.asarray(target_probs_of_k(k), np.float64).reshape(-1, len(ORDERS))
+        probs = np.asarray(target_probs_of_k(k), np.float64)
+        probs = probs.reshape(-1, probs.shape[-1])
         nll = -np.mean(np.log(probs), axis=0)
-        for i in range(len(ORDERS)):
+        if best_nll is None:
+            best_nll = np.full(len(nll), np.inf)
+            best_k, best_probs = [None] * len(nll), [None] * len(nll)
+        for i in range(len(nll)):
             if nll[i] < best_nll[i]:  # strict: ties keep the earlier (smaller) k of the grid
                 best_nll[i], best_k[i], best_probs[i] = nll[i], float(k), probs[:, i]
+    mixtures = _simplex_weights(weight_step, len(best_nll))
     mixed_nll = -np.mean(np.log(np.stack(best_probs, axis=1) @ mixtures.T), axis=0)
     best = int(np.argmin(mixed_nll))
     return NgramChoice(ks=tuple(best_k), weights=tuple(float(w) for w in mixtures[best]),
@@ -316,6 +325,84 @@ def select_online(valid_inputs, valid_targets, vocab_size: int,
     def target_probs_of_k(k):
         ks = jnp.full((len(ORDERS),), k, jnp.float32)
         return _online_target_probs(valid_inputs, valid_targets, ks, vocab_size, ORDERS)
+
+    return _select(target_probs_of_k, k_grid, weight_step)
+
+
+# ---------------------------------------------------------------- online models of any order
+
+
+def _renumber(keys: np.ndarray) -> np.ndarray:
+    """``keys`` as 0, 1, ... in order of value: the same partition of the positions."""
+    return np.unique(keys, return_inverse=True)[1].reshape(keys.shape)
+
+
+def _earlier_occurrences(keys: np.ndarray) -> np.ndarray:
+    """For every position of ``keys (B, T)`` (non-negative), how often its key occurred
+    earlier in its own window."""
+    batch, length = keys.shape
+    flat = (np.arange(batch)[:, None] * (int(keys.max(initial=0)) + 1) + keys).ravel()
+    by_key = np.argsort(flat, kind="stable")  # stable: each key's positions in time order
+    sorted_keys = flat[by_key]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    first_of_key = np.repeat(starts, np.diff(np.r_[starts, flat.size]))
+    earlier = np.empty(flat.size, np.int64)
+    earlier[by_key] = np.arange(flat.size) - first_of_key
+    return earlier.reshape(batch, length)
+
+
+def online_counts(inputs, targets, vocab_size: int, order: int):
+    """``(n(ctx, c), n(ctx))``, int ``(B, T)`` each: what the online order-n model of a
+    window has counted when it predicts position t, its target ``c = targets[:, t]``
+    after the context ``inputs[:, t-n+2 .. t]`` (the beginning symbol ``V`` before the
+    window).
+
+    Any order ``n >= 1``: the counts are read off the earlier positions of the window
+    that share the context (and the target), so no ``(V+1)^(n-1) V`` table is kept. For
+    orders 1-3 they are the counts that `online_target_probs`'s tables hold.
+    """
+    vocab_size = _check_vocab_size(vocab_size)
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    _check_windows(inputs, targets, vocab_size)
+    inputs, targets = np.asarray(inputs, np.int64), np.asarray(targets, np.int64)
+    batch, length = inputs.shape
+    context = np.zeros((batch, length), np.int64)
+    for lag in range(order - 1):
+        back = np.concatenate([np.full((batch, min(lag, length)), vocab_size),
+                               inputs[:, :length - lag]], axis=1)
+        # Renumbered after every character, so the key stays small at any order.
+        context = _renumber(context * (vocab_size + 1) + back)
+    return _earlier_occurrences(context * vocab_size + targets), _earlier_occurrences(context)
+
+
+def online_counted_probs(inputs, targets, vocab_size: int, ks):
+    """``(B, T, n)`` float64: probabilities of every target under the online add-k models
+    of orders ``1 .. n = len(ks)`` (``ks[i]`` the constant of order ``i + 1``), from
+    `online_counts`. For ``n <= 3`` the numbers of `online_target_probs`, at any order."""
+    if len(ks) < 1:
+        raise ValueError("ks must give one k per order (at least one number)")
+    for order, k in enumerate(ks, start=1):
+        _check_k(k, f"k of order {order}")
+    return np.stack([_add_k(*online_counts(inputs, targets, vocab_size, order), float(k),
+                            vocab_size) for order, k in enumerate(ks, start=1)], axis=-1)
+
+
+def select_online_counted(valid_inputs, valid_targets, vocab_size: int, max_order: int,
+                          k_grid: Sequence[float] = DEFAULT_K_GRID,
+                          weight_step: float = 0.1) -> NgramChoice:
+    """`select_online` for the Jelinek-Mercer mixture of online orders ``1 .. max_order``
+    (any order, by `online_counts`): the k of each order, then the weights on the simplex
+    grid of spacing ``weight_step``."""
+    if isinstance(max_order, bool) or not isinstance(max_order, (int, np.integer)) \
+            or max_order < 1:
+        raise ValueError(f"max_order must be an integer >= 1, got {max_order!r}")
+    counts = [online_counts(valid_inputs, valid_targets, vocab_size, order)
+              for order in range(1, max_order + 1)]
+
+    def target_probs_of_k(k):
+        return np.stack([_add_k(count, total, k, vocab_size) for count, total in counts],
+                        axis=-1)
 
     return _select(target_probs_of_k, k_grid, weight_step)
 

@@ -172,6 +172,50 @@ def test_select_online_prefers_large_k_on_uniform_noise():
     assert choice.nll <= min(choice.order_nll) + 1e-9
 
 
+# ---------------------------------------------------------------- online models of any order
+
+
+def test_counted_probs_are_the_table_models_at_orders_one_to_three():
+    inputs, targets = random_windows(seed=5, batch=4, length=60, vocab_size=4)
+    ks = (0.1, 0.3, 0.01)
+    np.testing.assert_allclose(ngram.online_counted_probs(inputs, targets, 4, ks),
+                               np.asarray(ngram.online_target_probs(inputs, targets, 4, ks)),
+                               rtol=1e-6)
+    inputs, targets = windows_of([HAND_WINDOW])
+    probs = ngram.online_counted_probs(inputs, targets, 3, (HAND_K,) * 3)
+    for order in ngram.ORDERS:
+        np.testing.assert_allclose(probs[0, :, order - 1], as_floats(HAND_ONLINE[order]))
+
+
+@pytest.mark.parametrize("order", [4, 6])
+def test_counted_probs_of_longer_contexts_match_reference_loop(order):
+    vocab_size, k = 2, 0.2  # two characters: contexts of 3 and 5 repeat within 50 steps
+    inputs, targets = random_windows(seed=order, batch=3, length=50, vocab_size=vocab_size)
+    probs = ngram.online_counted_probs(inputs, targets, vocab_size, (1.0,) * (order - 1) + (k,))
+    for row in range(inputs.shape[0]):
+        sequence = list(inputs[row]) + [targets[row, -1]]
+        np.testing.assert_allclose(probs[row, :, -1],
+                                   reference_online_probs(sequence, vocab_size, order, k))
+    # Windows never share counts: a window alone gets the numbers it gets in the batch.
+    alone = ngram.online_counted_probs(inputs[1:2], targets[1:2], vocab_size, (k,) * order)
+    together = ngram.online_counted_probs(inputs, targets, vocab_size, (k,) * order)
+    np.testing.assert_array_equal(alone[0], together[1])
+
+
+def test_select_online_counted_is_select_online_at_order_three_and_goes_further():
+    inputs, targets = random_windows(seed=2, batch=6, length=40, vocab_size=3)
+    table, counted = (ngram.select_online(inputs, targets, 3),
+                      ngram.select_online_counted(inputs, targets, 3, max_order=3))
+    assert (counted.ks, counted.weights) == (table.ks, table.weights)
+    assert counted.nll == pytest.approx(table.nll, rel=1e-5)
+    # "aaab" repeated: the trigram cannot tell the a after "aa" (a or b), the 4-gram can.
+    inputs, targets = repeating_windows([A, A, A, B], batch=4, length=40)
+    choice = ngram.select_online_counted(inputs, targets, 3, max_order=4)
+    assert len(choice.ks) == len(choice.weights) == 4
+    assert choice.weights == (0.0, 0.0, 0.0, 1.0)
+    assert choice.order_nll[3] < choice.order_nll[2]
+
+
 # ---------------------------------------------------------------- fitted models
 
 HAND_TRAIN = [A, B, A, C, A, B, A]  # "abacaba"
@@ -294,6 +338,13 @@ GOOD_INPUTS, GOOD_TARGETS = windows_of([HAND_WINDOW])
     (lambda: ngram.select_online(GOOD_INPUTS, GOOD_TARGETS, 3, k_grid=()), "k_grid must hold"),
     (lambda: ngram.select_online(GOOD_INPUTS, GOOD_TARGETS, 3, k_grid=(0.1, 0.0)),
      "every k of k_grid must be a finite number > 0"),
+    (lambda: ngram.online_counts(GOOD_INPUTS, GOOD_TARGETS, 3, 0), "order must be an integer >= 1"),
+    (lambda: ngram.online_counts(GOOD_INPUTS, GOOD_TARGETS + 1, 3, 4), r"targets must lie in \[0, 3\)"),
+    (lambda: ngram.online_counted_probs(GOOD_INPUTS, GOOD_TARGETS, 3, ()), "one k per order"),
+    (lambda: ngram.online_counted_probs(GOOD_INPUTS, GOOD_TARGETS, 3, (0.1, -1.0)),
+     "k of order 2 must be a finite number > 0"),
+    (lambda: ngram.select_online_counted(GOOD_INPUTS, GOOD_TARGETS, 3, max_order=0),
+     "max_order must be an integer >= 1"),
 ])
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):

@@ -105,7 +105,7 @@ def test_contract(case):
 
 # Names other modules (and docs/CONTRACTS.md) rely on; the registry may hold more.
 CONTRACT_NAMES = {
-    "hebb", "oja", "sanger", "hpca", "instar", "soft_wta", "krotov", "covariance", "bcm",
+    "hebb", "oja", "sanger", "hpca", "instar", "soft_wta", "krotov", "covariance", "bcm", "bcpnn",
     "anti_hebb", "A", "AD", "AD_lr", "ABC", "ABC_lr", "ABCD", "ABCD_lr", "ABCD_lr_D_out",
     "ABCD_lr_D_in_and_out", "polynomial", "polynomial_mod", "multilinear", "multilinear_mod",
     "delta", "chl", "generec", "err_credit", "hebbian_mask", "fast_weight_ba",
@@ -204,6 +204,7 @@ REFERENCES = {
     "hebbian_mask": lambda c, s, w, x, y, m: np.zeros_like(w),
     "covariance": lambda c, s, w, x, y, m: c["eta"] * np.outer(y - s.post_mean, x - s.pre_mean),
     "bcm": lambda c, s, w, x, y, m: c["eta"] * np.outer(y * (y - s.theta), x),
+    "bcpnn": lambda c, s, w, x, y, m: c["eta"] * np.outer(y, x),
     "rls": lambda c, s, w, x, y, m: c["eta"] * np.outer(m - y, s @ x / (1.0 + x @ s @ x)),
     "err_credit": lambda c, s, w, x, y, m: (
         c["eta"] * (y - s.post_avg)[:, None] * (s.credit + 0.1 * (np.outer(y, x) - s.credit))),
@@ -262,6 +263,41 @@ def test_reference_state_updates():
     np.testing.assert_array_equal(new.post_avg, s.post_avg)
     with pytest.raises(ValueError, match="needs mod"):
         two_phase.update(coeffs, s, w, pre, post)
+
+
+def test_bcpnn_counts_and_weights_follow_its_equations():
+    """Counts at rate eta, then BCPNN's weights from them, transcribed from the docstring;
+    a unit never active has no vote (its weight is the prior's alone)."""
+    gain, bias, eta, n_post, n_pre = 1.3, 0.6, 2.0, 3, 5
+    rule = rules.bcpnn(gain=gain, bias=bias)
+    w = jnp.zeros((n_post, n_pre))
+    state = rule.init(w)
+    coeffs = {"eta": jnp.asarray(eta)}
+    c, ci, cj, n, a = np.zeros((n_post, n_pre)), np.zeros(n_pre), np.zeros(n_post), 0.0, 0.0
+
+    def expected():
+        p_j = (cj + 1) / (n + n_post)
+        p_cond = (c + p_j[:, None]) / (ci[None, :] + 1)
+        m = a / n if n else 1.0
+        return (gain * np.log(p_cond / p_j[:, None]) + bias * np.log(p_j)[:, None]) / m
+
+    np.testing.assert_allclose(rule.effective_weights(w, state), expected(), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        x = (rng.random(n_pre) < 0.5).astype(np.float32)
+        x[-1] = 0.0  # never active
+        y = np.eye(n_post, dtype=np.float32)[rng.integers(n_post)]
+        dw, state = rule.update(coeffs, state, w, _f32(x), _f32(y))
+        w = w + dw
+        c, ci, cj = c + eta * np.outer(y, x), ci + eta * x, cj + eta * y
+        n, a = n + eta, a + eta * x.sum()
+        np.testing.assert_allclose(w, c, rtol=1e-6)
+        np.testing.assert_allclose(rule.effective_weights(w, state), expected(), rtol=1e-5,
+                                   atol=1e-6)
+    p_j = (cj + 1) / (n + n_post)
+    np.testing.assert_allclose(rule.effective_weights(w, state)[:, -1],
+                               bias * np.log(p_j) / (a / n), rtol=1e-5)
+    assert rules.get("bcpnn(bias=0.6, gain=1.3)").name == "bcpnn(bias=0.6, gain=1.3)"
 
 
 def test_hebbian_mask_prunes_disagreeing_and_regrows_agreeing_synapses():

@@ -109,3 +109,80 @@ def test_bad_input_is_named(corpus, tmp_path, flags, message, capsys):
         assert message in str(e)
     else:
         pytest.fail("no error")
+
+
+# --- the sparse part (fast: no cell is run) ------------------------------------------------
+
+
+def test_sparse_cells_build_the_bundled_network_and_fit_the_text_task():
+    from plastix import network as nw, plastic
+
+    vocab = text.text_task(text.DEFAULT_CORPUS, 100).vocab_size
+    cells = text.sparse_cells()
+    main = cells[0]
+    assert text.sparse_network(main, vocab) == nw.load(text.SPARSE_NETWORK).sized(vocab, vocab)
+    by_name = {cell.name: cell for cell in cells}
+    assert len(by_name) == len(cells)
+    for cell in cells:
+        net = text.sparse_network(cell, vocab, text.bcpnn_rule(
+            {"eta": 1.0, "gain": 1.0, "bias": 0.5}))
+        hidden = net.layers[0]
+        assert (hidden.size, hidden.activation) == (cell.size, f"kwta({cell.k})")
+        assert [c.init_scale for c in hidden.inputs] == list(cell.scales)
+        assert net.readout_matrices == ("readout",) and not net.evolve_init
+        assert {net.connection(c.name).rule for c in hidden.inputs} == {cell.hidden_rule}
+        params = text.sparse_params(cell, net, {"eta": 3.0})
+        assert float(params["coeffs"]["readout"]["eta"]) == 3.0
+        if cell.fixed:  # the same network as its fixed one, but for the hidden rule
+            fixed = by_name[cell.fixed]
+            assert fixed.hidden_rule is None
+            assert (cell.size, cell.k, cell.scales) == (fixed.size, fixed.k, fixed.scales)
+            for conn in hidden.inputs:
+                assert params["coeffs"][conn.name]["eta"] == np.float32(cell.hidden_eta)
+        plastic.check_task(net, text.text_task(text.DEFAULT_CORPUS, 100))
+
+
+def test_the_readout_grid_scores_what_the_network_lifetime_scores(corpus):
+    """The fast search over the BCPNN readout's settings (k active columns per step) gives
+    the NLL of the network's own lifetime at every setting."""
+    import jax
+    import jax.numpy as jnp
+
+    cell = text.SparseCell("small", "small", size=48, k=4, scales=(1.0, 0.5, 0.25))
+    task = text.text_task(corpus, 40)
+    inputs, targets, mask = jax.device_get(task.sample(jax.random.key(3), 3, "valid"))
+    grid = {"eta": [1.0, 3.0], "gain": [1.4], "bias": [0.5, 1.0]}
+    code = text.kwta_code(text.sparse_network(cell, task.vocab_size), jax.random.key(9),
+                          inputs)
+    nll = text.bcpnn_grid_nll(code, jnp.asarray(targets), cell.size, task.vocab_size,
+                              *(jnp.asarray(grid[key]) for key in ("eta", "gain", "bias"))
+                              ).sum(axis=(0, 1))
+    for i, eta in enumerate(grid["eta"]):
+        for j, bias in enumerate(grid["bias"]):
+            choice = {"eta": eta, "gain": 1.4, "bias": bias}
+            net = text.sparse_network(cell, task.vocab_size, text.bcpnn_rule(choice))
+            lifetime = curves.learning_curve(net, text.sparse_params(cell, net, choice),
+                                             jax.random.key(9), inputs, targets, mask,
+                                             chunk=40)
+            assert float(nll[i, 0, j]) == pytest.approx(lifetime.nll.sum(), rel=1e-5)
+
+
+def test_sparse_part_takes_its_cells_and_refuses_other_parts_flags(corpus, tmp_path):
+    argv = ["--corpus", corpus, "--out", str(tmp_path / "x"), *TINY, "--parts", "sparse"]
+    args = text.parse_args([*argv, "--cells", "sparse_bcpnn", "sparse_k8"])
+    assert args.cells == ["sparse_bcpnn", "sparse_k8"]
+    with pytest.raises(ValueError, match="--rule-updates"):
+        text.parse_args([*argv, "--rule-updates", "3"])
+
+
+def test_the_context_code_gives_each_context_units_of_its_own():
+    inputs = np.array([[0, 1, 0, 1, 2], [2, 2, 2, 2, 2]])
+    ids, n_units = text.context_code(inputs, vocab=3, units=(2, 1))
+    assert ids.shape == (2, 5, 3) and n_units == int(ids.max()) + 1 <= 2 * 3 + 5
+    first = ids[0]
+    # The last char: 0 at steps 0 and 2, 1 at 1 and 3; the last two: (., 0), (0, 1),
+    # (1, 0), (0, 1), (1, 2): steps 1 and 3 share, and nothing else does.
+    np.testing.assert_array_equal(first[0, :2], first[2, :2])
+    np.testing.assert_array_equal(first[1], first[3])
+    assert len({tuple(first[t, :2]) for t in range(5)}) == 3
+    assert len(set(first[:, 2])) == 4 and not set(first[:, 2]) & set(first[:, :2].ravel())

@@ -17,6 +17,17 @@ Two kinds of plastic result, never mixed:
   too: n-grams fitted on the training split, and a non-plastic RNN and an LSTM of the same
   hidden size trained by backprop on the same number of 100-character windows.
 
+The sparse part (``--parts sparse``) is a learning rule only too, on another network: a
+wide layer of fixed random matrices from the last few characters whose k units of largest
+drive are 1 and the others 0 (``kwta(k)``), under the BCPNN readout, whose weights are the
+log odds of Hebbian co-occurrence counts (`plastix.rules.bcpnn`). Its three settings
+(rate, gain, bias) are chosen on the validation windows of each length, as the n-grams'
+k and mixture are, by a search that runs the grid in one pass over the fixed code
+(`bcpnn_grid_nll`); the test windows are scored by the network's own lifetime. Its cells
+vary width, k and lags, put Hebb or instar on the hidden matrices (the readout keeping the
+fixed layer's settings), and measure the readout's headroom on a code with units of their
+own for every context (`context_code`).
+
 The first user's network is the preset every hidden-rule row shares: reward-modulated
 three-factor hidden layers (``modulated(rule)`` on W_in and W_rec, third factor
 r = -(NLL - running mean)), rows of the hidden matrices L2-normalised after every update with
@@ -28,6 +39,7 @@ with a rate annealed by presynaptic use (``annealed``), and recursive least squa
 
     python experiments/text.py                                   # everything (hours on 2 CPU cores)
     python experiments/text.py --parts ngrams rules              # some parts
+    python experiments/text.py --parts sparse --cells sparse_bcpnn   # one cell
     python experiments/text.py --corpus pg1342.txt --out runs/text_austen   # another book
 
 The corpus is tiny shakespeare as bundled with plastix unless ``--corpus`` names a file;
@@ -39,8 +51,9 @@ under ``--out`` with a ``result.json`` written when its evaluation is done; a fi
 cell is read back and an unfinished one resumes from its checkpoint, so a killed run is
 completed by running the same command again. ``--out`` receives ``report.md``,
 ``report.json``, ``learning_curve.png`` (bits/char against position, log-scaled, every rule
-and baseline) and ``dynamics.png`` (weight norms, update rate and a readout row across the
-longest lifetime).
+and baseline), ``dynamics.png`` (weight norms, update rate and a readout row across the
+longest lifetime) and, with the sparse part, ``sparse.png`` (its network against the
+online n-grams, and each plastic hidden layer against the same layer fixed).
 
 ``plastix text`` (installed with plastix) and
 ``python experiments/text.py`` (in a checkout) run this module.
@@ -61,13 +74,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plastix import checks, cli, curves, models, ngram, plastic, runs, tasks, train  # noqa: E402
+from plastix import (  # noqa: E402
+    checks, cli, curves, models, ngram, plastic, rules, runs, tasks, train,
+)
+from plastix import network as network_lib  # noqa: E402
 
 DEFAULT_CORPUS = tasks.TINY_SHAKESPEARE
 TEST_SEED, VALID_SEED, LIFETIME_SEED = 777, 778, 779
-PARTS = ("ngrams", "rules", "priors", "lstm")
+PARTS = ("ngrams", "rules", "sparse", "priors", "lstm")
 LN2 = math.log(2)
-REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png")
+REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png", "sparse.png")
 
 
 def readout_flags(rule: str) -> tuple[str, ...]:
@@ -153,6 +169,11 @@ def rule_cells() -> list[Cell]:
                    train_length=1000),
               Cell("hidden_oja_rls", "Oja hidden + readout RLS rule, alpha = 10", "rule",
                    "gradient", hidden_rule_flags("oja", readout=rls_readout(10.0)))]
+    # The sparse part's wide random layer under an error-driven readout instead of BCPNN:
+    # the delta rule with a rate annealed by each unit's use, from eta = 1.
+    cells.append(Cell("sparse_annealed_delta", "4,096 random kWTA(32) units on 3 chars + "
+                      "annealed delta readout", "rule", "gradient",
+                      ("--network", "sparse_text_delta", "--init-mean", "zero")))
     return cells
 
 
@@ -190,8 +211,8 @@ def parser() -> cli.Parser:
     p.add_argument("--out", default="runs/text", help="where cells, report and plots go")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--cells", nargs="+", default=None, metavar="NAME",
-                   help="only these meta-learned cells of the rules and priors parts "
-                        "(default all; names as in the report.json)")
+                   help="only these cells of the rules, sparse and priors parts (default "
+                        "all; names as in the report.json)")
     p.add_argument("--lengths", type=checks.integer(at_least=2), nargs="+",
                    default=[100, 1000, 10000],
                    help="lifetime lengths (characters) every model is scored at")
@@ -243,6 +264,7 @@ FLAGS_READ = {
     "priors": {"cells", "chunk", "hidden", "train_length", "batch", "log_every",
                "prior_updates", "seeds", "backprop_lrs"},
     "lstm": {"train_length", "log_every", "lstm_hidden", "lstm_steps", "lstm_batch", "lstm_lr"},
+    "sparse": {"cells", "chunk"},
 }
 
 
@@ -260,7 +282,7 @@ def chosen_cells(args) -> dict[str, list[Cell]]:
 def flags_read(args) -> set[str]:
     """The dests of the flags that the chosen parts and cells read (`FLAGS_READ`)."""
     meta = [cell for cells in chosen_cells(args).values() for cell in cells]
-    work = {"always", *(part for part in ("priors", "lstm") if part in args.parts),
+    work = {"always", *(part for part in ("priors", "lstm", "sparse") if part in args.parts),
             *(cell.outer for cell in meta)}
     if {"rules", "priors"} & set(args.parts):
         work.add("meta")
@@ -275,6 +297,8 @@ def check_cells(args) -> None:
     if args.cells is None:
         return
     part_of = {cell.name: part for part, cells in all_cells().items() for cell in cells}
+    part_of.update({cell.name: "sparse" for cell in sparse_cells()},
+                   **{CONTEXT_CELL: "sparse", NGRAM4_CELL: "sparse"})
     unknown = sorted(set(args.cells) - set(part_of))
     if unknown:
         raise checks.FieldError("--cells", f"has unknown names {unknown}; known: "
@@ -425,8 +449,10 @@ def ngram_cell(args) -> dict:
 def cell_flags(args, cell: Cell, seed: int, out: str) -> list[str]:
     updates = args.rule_updates if cell.kind == "rule" else args.prior_updates
     length = cell.train_length or args.train_length
+    # A network given whole (--network) has its own sizes.
+    hidden = () if "--network" in cell.flags else ("--hidden", str(args.hidden))
     flags = ["--task", "text", "--text-path", args.corpus, "--seq-len", str(length),
-             "--hidden", str(args.hidden), "--batch", str(args.batch), *cell.flags,
+             *hidden, "--batch", str(args.batch), *cell.flags,
              "--outer", cell.outer, "--seed", str(seed), "--out", out, "--no-plots"]
     if length > args.train_length:
         flags += ["--truncation", str(args.train_length)]
@@ -440,10 +466,13 @@ def cell_flags(args, cell: Cell, seed: int, out: str) -> list[str]:
     return flags
 
 
-def score_plastic(args, net: plastic.PlasticRNN, params: dict, probe_token: int) -> dict:
-    """Every lifetime length's summary; the dynamics of the longest."""
+def score_plastic(args, net, params: dict, probe_token: int, per_length=None) -> dict:
+    """Every lifetime length's summary; the dynamics of the longest. ``per_length(length)
+    -> (net, params)`` gives each length its own network and parameters."""
     scores = {}
     for length in args.lengths:
+        if per_length is not None:
+            net, params = per_length(length)
         inputs, targets, mask = split_windows(args, length)
         curve = curves.learning_curve(net, params, jax.random.key(LIFETIME_SEED), inputs,
                                       targets, mask, chunk=min(args.chunk, length),
@@ -472,6 +501,312 @@ def meta_cell(args, cell: Cell, seed: int, probe_token: int) -> dict:
         "seconds": seconds, "loop_seconds": sum(r["seconds"] for r in history),
         "updates": cfg.generations, "learned_parameters": int(n_params),
         **score_plastic(args, outer.net, params, probe_token)})
+
+
+# --- the sparse part: a wide random kWTA layer under a counting readout -----------------
+
+
+# The bundled network of the part: of 4,096 units, the 32 with the largest drive from the
+# last three characters are 1 and the others 0 (fixed random matrices, smaller for older
+# characters), under the BCPNN readout. Its cells change width, k, lags or scales.
+SPARSE_NETWORK = "sparse_text_bcpnn"
+# The readout's settings, chosen on the validation windows of each length as the online
+# n-grams' k and mixture are: BCPNN's rate eta (1 / the weight of its prior), the gain of
+# the units' evidence and that of the prior log p_j.
+BCPNN_GRID = {"eta": (0.3, 1.0, 3.0, 10.0, 30.0, 100.0), "gain": (0.5, 0.7, 1.0, 1.4, 2.0),
+              "bias": (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseCell:
+    """`SPARSE_NETWORK` with these fields: ``size`` hidden units of which ``k`` win, driven
+    by the characters ``0 .. len(scales) - 1`` steps back through fixed matrices
+    U(-scale, scale), and ``hidden_rule`` (at rate ``hidden_eta``) on those matrices.
+
+    A cell whose hidden layer is fixed chooses its readout's settings on the validation
+    windows of each length (`BCPNN_GRID`); one with a plastic hidden layer takes those of
+    ``fixed``, the same network with the layer fixed, so the two differ by the hidden
+    rule alone.
+    """
+
+    name: str
+    label: str
+    size: int = 4096
+    k: int = 32
+    scales: tuple[float, ...] = (1.0, 0.4, 0.16)
+    hidden_rule: str | None = None
+    hidden_eta: float | None = None
+    fixed: str | None = None
+
+
+def sparse_cells() -> list[SparseCell]:
+    """The part's network, what drives it (width, k, lags, scales), and its hidden layer
+    learning, each rule at a few rates, against the same network fixed."""
+    main = "sparse_bcpnn"
+    cells = [SparseCell(main, "4,096 random kWTA(32) units on 3 chars + BCPNN readout"),
+             SparseCell("sparse_n1024", "width 1,024", size=1024),
+             SparseCell("sparse_k8", "k = 8", k=8),
+             SparseCell("sparse_k128", "k = 128", k=128),
+             SparseCell("sparse_lags1", "the last char only", scales=(1.0,)),
+             SparseCell("sparse_lags2", "the last 2 chars", scales=(1.0, 0.4)),
+             SparseCell("sparse_lags4", "the last 4 chars", scales=(1.0, 0.4, 0.16, 0.064)),
+             SparseCell("sparse_flat", "3 chars, equal scales", scales=(1.0, 1.0, 1.0))]
+    # On a binary kWTA layer Oja's rule is instar (y = y^2) and BCM and covariance are
+    # nearly Hebb (y (y - theta) and y - <y> are about y for a unit that wins 1 step in
+    # 128), so Hebb and instar stand for the hidden rules here.
+    for rule, label, rates in (("hebb", "Hebb", (0.001, 0.01)),
+                               ("instar", "competitive (instar)", (0.001, 0.003, 0.01))):
+        cells += [SparseCell(f"sparse_{rule}_{eta:g}", f"{label} hidden, eta = {eta:g}",
+                             hidden_rule=rule, hidden_eta=eta, fixed=main) for eta in rates]
+    return cells
+
+
+def sparse_network(cell: SparseCell, vocab: int, readout_rule: str = "bcpnn"):
+    """The cell's network, sized to the task, with ``readout_rule`` on its readout."""
+    base = network_lib.load(SPARSE_NETWORK)
+    hidden, readout = base.layers
+    inputs = tuple(network_lib.Connection("now" if lag == 0 else f"back{lag}",
+                                          "x" if lag == 0 else f"x@{lag}",
+                                          rule=cell.hidden_rule, init_scale=scale)
+                   for lag, scale in enumerate(cell.scales))
+    hidden = dataclasses.replace(hidden, size=cell.size, activation=f"kwta({cell.k})",
+                                 inputs=inputs)
+    readout = dataclasses.replace(readout, inputs=tuple(
+        dataclasses.replace(conn, rule=readout_rule) for conn in readout.inputs))
+    return dataclasses.replace(base, layers=(hidden, readout)).sized(vocab, vocab)
+
+
+def bcpnn_rule(choice: dict) -> str:
+    return f"bcpnn(bias={choice['bias']!r}, gain={choice['gain']!r})"
+
+
+def sparse_params(cell: SparseCell, net, choice: dict) -> dict:
+    """The network's coefficients: the readout's rate ``choice["eta"]``, the hidden rule's
+    ``cell.hidden_eta`` (its other coefficients at their defaults)."""
+    params = plastic.init_params(net, jax.random.key(0))
+    for name, coeffs in params["coeffs"].items():
+        eta = choice["eta"] if name in net.readout_matrices else cell.hidden_eta
+        coeffs["eta"] = jnp.full_like(coeffs["eta"], eta)
+    return params
+
+
+def kwta_code(net, key: jax.Array, inputs) -> jax.Array:
+    """``(B, T, k)`` the winners of the fixed kWTA layer at every step of B lifetimes,
+    their weights drawn from ``key`` as `curves.learning_curve` draws them."""
+    hidden = net.layers[0]
+    k, vocab = network_lib.kwta_k(hidden.activation), net.input_size
+    w0 = plastic.lifetime_draws(net, key, inputs.shape[0]).w0
+    length = inputs.shape[1]
+
+    def winners(weights, tokens):
+        drive = 0.0
+        for conn in hidden.inputs:
+            lag = min(network_lib.input_lag(conn.source), length)
+            # Before the first step an input k steps back is absent: a zero column.
+            back = jnp.concatenate([jnp.full((lag,), vocab, tokens.dtype),
+                                    tokens[:length - lag]])
+            drive = drive + weights[conn.name].at[:, back].get(mode="fill", fill_value=0).T
+        return jax.lax.top_k(drive, k)[1]
+
+    return jax.lax.map(lambda a: winners(*a),
+                       ({conn.name: w0[conn.name] for conn in hidden.inputs}, inputs))
+
+
+@functools.partial(jax.jit, static_argnames=("n_units", "vocab"))
+def bcpnn_grid_nll(code, targets, n_units: int, vocab: int, etas, gains,
+                   biases) -> jax.Array:
+    """``(B, T, etas, gains, biases)`` NLL of the BCPNN readout at every step of B
+    lifetimes on a fixed k-of-``n_units`` code ``code (B, T, k)``, every setting of the
+    grid at once.
+
+    The counts are the same for every setting (a rate eta scales them all), and a step
+    reads only the k active columns' weights (`rules.bcpnn_weights`, what the network's
+    readout computes for every column), so the grid costs about what one lifetime does.
+    """
+
+    def lifetime(active, target):
+        def step(carry, xs):
+            counts, pre_count, post_count, steps = carry
+            units, y = xs
+
+            def support(eta):
+                # kWTA: k units active at every step, so the summed activity is k * steps.
+                state = (eta * counts[units].T, eta * pre_count[units], eta * post_count,
+                         eta * steps, eta * steps * units.shape[0])
+                evidence = rules.bcpnn_weights(*state, gain=1.0, bias=0.0).sum(1)
+                prior = rules.bcpnn_weights(*state, gain=0.0, bias=1.0).sum(1)
+                return evidence, prior
+
+            evidence, prior = jax.vmap(support)(etas)  # (E, V) each
+            logits = (gains[None, :, None, None] * evidence[:, None, None]
+                      + biases[None, None, :, None] * prior[:, None, None])
+            nll = -jax.nn.log_softmax(logits)[..., y]
+            carry = (counts.at[units, y].add(1.0), pre_count.at[units].add(1.0),
+                     post_count.at[y].add(1.0), steps + 1.0)
+            return carry, nll
+
+        start = (jnp.zeros((n_units, vocab)), jnp.zeros(n_units), jnp.zeros(vocab),
+                 jnp.zeros(()))
+        return jax.lax.scan(step, start, (active, target))[1]
+
+    return jax.lax.map(lambda a: lifetime(*a), (code, targets))
+
+
+def choose_readout(args, cell: SparseCell, length: int) -> dict:
+    """The readout's (eta, gain, bias) of `BCPNN_GRID` with the lowest mean NLL over the
+    validation windows of lifetimes of ``length``, and that NLL in bits."""
+    inputs, targets, _ = split_windows(args, length, "valid")
+    vocab = text_task(args.corpus, length).vocab_size
+    net = sparse_network(cell, vocab)
+    code = kwta_code(net, jax.random.key(LIFETIME_SEED), inputs)
+    return best_readout(code, targets, cell.size, vocab)
+
+
+def best_readout(code, targets, n_units: int, vocab: int) -> dict:
+    """The setting of `BCPNN_GRID` with the lowest mean NLL on ``code``, and that NLL in
+    bits (``valid_bits``)."""
+    grid = [jnp.asarray(BCPNN_GRID[key], jnp.float32) for key in ("eta", "gain", "bias")]
+    nll = np.asarray(bcpnn_grid_nll(jnp.asarray(code), jnp.asarray(targets), n_units, vocab,
+                                    *grid)).mean(axis=(0, 1))
+    best = np.unravel_index(np.argmin(nll), nll.shape)
+    choice = {key: BCPNN_GRID[key][i] for key, i in zip(("eta", "gain", "bias"), best)}
+    return {**choice, "valid_bits": float(nll[best] / LN2)}
+
+
+def sparse_cell(args, cell: SparseCell, probe_token: int, fixed: dict | None) -> dict | None:
+    """One sparse network: its readout's settings per length (chosen on valid, or those
+    of ``fixed``, the result of the same network with the hidden layer fixed), scored on
+    the test windows by the network's own lifetime (`curves.learning_curve`)."""
+    cell_dir = os.path.join(args.out, "sparse", cell.name)
+    settings = json.loads(json.dumps({"cell": dataclasses.asdict(cell),
+                                      "network": SPARSE_NETWORK, "grid": BCPNN_GRID}))
+    if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
+        return done
+    if fixed is None and cell.fixed is not None:
+        raise ValueError(f"sparse cell {cell.name} takes its readout from {cell.fixed}, "
+                         f"which has not finished")
+    vocab = text_task(args.corpus, args.lengths[0]).vocab_size
+    began = time.perf_counter()
+    choices = (fixed["choices"] if fixed is not None else
+               {str(length): choose_readout(args, cell, length) for length in args.lengths})
+    chosen = time.perf_counter()
+
+    def at(length):
+        choice = choices[str(length)]
+        net = sparse_network(cell, vocab, bcpnn_rule(choice))
+        return net, sparse_params(cell, net, choice)
+
+    # Scores alone: the part plots no dynamics, and the readout row across the lifetime of
+    # a 4,096-unit layer would make each result 0.8 MB.
+    scores = score_plastic(args, None, None, probe_token, per_length=at)["lengths"]
+    return write_result(cell_dir, {
+        **settings, "choices": choices, "select_seconds": chosen - began,
+        "seconds": time.perf_counter() - began, "lengths": scores})
+
+
+# The readout's headroom: BCPNN on a code that no random layer has, with units of their
+# own for every context of the last 1, 2, 3 and 4 characters (CONTEXT_UNITS of them per
+# context; as if a hidden layer had learned one unit set per context, with no collisions).
+CONTEXT_CELL = "context_code"
+CONTEXT_UNITS = (8, 8, 8, 8)
+
+
+def context_code(inputs, vocab: int, units: tuple[int, ...] = CONTEXT_UNITS):
+    """``((B, T, sum(units)) unit ids, number of units)``: at every step, ``units[o]``
+    units that belong to the context of the last ``o + 1`` characters alone (numbered
+    per window in order of first use, so that no two contexts share a unit)."""
+    inputs = np.asarray(inputs)
+    batch, length = inputs.shape
+    ids = np.zeros((batch, length, sum(units)), np.int32)
+    n_units = 0
+    for b in range(batch):
+        key, first, column = np.zeros(length, np.int64), 0, 0
+        for order, m in enumerate(units):
+            lag = min(order, length)
+            back = np.concatenate([np.full(lag, vocab), inputs[b, :length - lag]])
+            key = key * (vocab + 1) + back  # the context of the last order + 1 characters
+            _, context = np.unique(key, return_inverse=True)
+            ids[b, :, column:column + m] = first + context[:, None] * m + np.arange(m)
+            first, column = first + (context.max() + 1) * m, column + m
+        n_units = max(n_units, first)
+    return ids, n_units
+
+
+def context_code_cell(args) -> dict | None:
+    """`CONTEXT_UNITS`'s code under the BCPNN readout: its settings chosen on valid per
+    length, scored on the test windows (by `bcpnn_grid_nll`: the code is no network)."""
+    cell_dir = os.path.join(args.out, "sparse", CONTEXT_CELL)
+    label = (f"headroom: {CONTEXT_UNITS[0]} units of their own per context of the last "
+             f"1-{len(CONTEXT_UNITS)} chars (no random layer)")
+    settings = json.loads(json.dumps({"cell": {"name": CONTEXT_CELL, "label": label,
+                                               "units": CONTEXT_UNITS, "fixed": None},
+                                      "grid": BCPNN_GRID}))
+    if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
+        return done
+    began = time.perf_counter()
+    choices, scores = {}, {}
+    for length in args.lengths:
+        vocab = text_task(args.corpus, length).vocab_size
+        inputs, targets, _ = split_windows(args, length, "valid")
+        code, n_units = context_code(inputs, vocab)
+        choice = best_readout(code, targets, n_units, vocab)
+        choices[str(length)] = choice
+        inputs, targets, _ = split_windows(args, length)
+        code, n_units = context_code(inputs, vocab)
+        nll = bcpnn_grid_nll(jnp.asarray(code), jnp.asarray(targets), n_units, vocab,
+                             *(jnp.asarray([choice[key]], jnp.float32)
+                               for key in ("eta", "gain", "bias")))
+        scores[str(length)] = summary(np.asarray(nll)[..., 0, 0, 0], curve_edges(length))
+    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
+                                   "seconds": time.perf_counter() - began, "lengths": scores})
+
+
+# The count-based learner with the sparse network's context: the online interpolated
+# n-gram of orders 1 to 4 (the last 3 characters), as the ngrams part chooses its own.
+NGRAM4_CELL = "online_4gram"
+
+
+def online_4gram_cell(args) -> dict | None:
+    """The online add-k 4-gram interpolated with orders 1-3 (`ngram.select_online_counted`):
+    k and mixture chosen on valid per length, scored on the test windows."""
+    cell_dir = os.path.join(args.out, "sparse", NGRAM4_CELL)
+    label = "online interpolated 4-gram (add-k, from zero; the last 3 chars)"
+    settings = {"cell": {"name": NGRAM4_CELL, "label": label, "fixed": None}}
+    if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
+        return done
+    began = time.perf_counter()
+    choices, scores = {}, {}
+    for length in args.lengths:
+        vocab = text_task(args.corpus, length).vocab_size
+        choice = ngram.select_online_counted(*split_windows(args, length, "valid")[:2], vocab,
+                                             max_order=4)
+        choices[str(length)] = dataclasses.asdict(choice)
+        inputs, targets, _ = split_windows(args, length)
+        probs = ngram.online_counted_probs(inputs, targets, vocab, choice.ks)
+        scores[str(length)] = summary(-np.log(probs @ np.array(choice.weights)),
+                                      curve_edges(length))
+    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
+                                   "seconds": time.perf_counter() - began, "lengths": scores})
+
+
+def sparse_results(args, probe_token: int) -> list[dict]:
+    """The chosen sparse cells in order, each plastic one after the fixed one it shares
+    its readout with (run first when not chosen itself), then the readout's headroom."""
+    cells = sparse_cells()
+    chosen = {cell.name for cell in cells if args.cells is None or cell.name in args.cells}
+    chosen |= {cell.fixed for cell in cells if cell.name in chosen and cell.fixed}
+    done: dict[str, dict] = {}
+    for cell in cells:
+        if cell.name in chosen:
+            result = sparse_cell(args, cell, probe_token, done.get(cell.fixed))
+            if result:
+                done[cell.name] = result
+    results = list(done.values())
+    if args.cells is None or CONTEXT_CELL in args.cells:
+        results.append(context_code_cell(args))
+    if args.cells is None or NGRAM4_CELL in args.cells:
+        results.append(online_4gram_cell(args))
+    return [r for r in results if r]
 
 
 def backprop_model(args, name: str, hidden: int, embed: int | None = None,
@@ -632,6 +967,8 @@ def format_report(args, results: dict) -> str:
                 lines.append(f"| {name} (add-k, from zero) | none | "
                              + " | ".join(bits_cell(row, n) for n in lengths) + " |")
         lines.append("")
+    if "sparse" in results:
+        lines += sparse_report(args, results)
     if "priors" in results or "ngrams" in results:
         lines += ["## (ii) With meta-learned priors (mean ± sd over seeds)", "",
                   "| model | training | " + head[2:], "|---|---|" + "---|" * len(lengths)]
@@ -672,6 +1009,82 @@ def format_report(args, results: dict) -> str:
     return "\n".join(lines)
 
 
+def sparse_report(args, results: dict) -> list[str]:
+    """The sparse part's table: each network's readout settings per length, wall time and
+    scores, beside the online interpolated n-gram."""
+    lengths = args.lengths
+    lines = ["## (i-b) A wide, sparse random layer under a counting readout (BCPNN)", "",
+             "Shared coefficients, random weights every lifetime, no learned prior. The "
+             "BCPNN readout's rate, gain and bias (eta, gain, bias) are chosen on the valid "
+             f"windows of each length ({np.prod([len(v) for v in BCPNN_GRID.values()])} "
+             "settings), as the online n-grams' k and mixture are; a network with a "
+             "plastic hidden layer keeps the readout settings of the same network with the "
+             "layer fixed (the first row), and its rule's rate is the row's.", "",
+             "| model | readout (eta, gain, bias) at " + ", ".join(map(str, lengths))
+             + " | wall | " + " | ".join(f"T = {n}" for n in lengths) + " |",
+             "|---|---|---|" + "---|" * len(lengths)]
+    ngram_settings = "k and mixture chosen on valid per length"
+    for r in results["sparse"]:
+        cell = r["cell"]
+        if cell["name"] == NGRAM4_CELL:
+            settings = ngram_settings
+        elif cell["fixed"]:
+            settings = f"as {cell['fixed']}"
+        else:
+            settings = " / ".join(f"{c['eta']:g}, {c['gain']:g}, {c['bias']:g}"
+                                  for c in (r["choices"][str(n)] for n in lengths))
+        wall = f"{r['seconds']:.0f} s"
+        lines.append(f"| {cell['label']} | {settings} | {wall} | "
+                     + " | ".join(bits_cell(r, n) for n in lengths) + " |")
+    if "ngrams" in results:
+        row = ngram_row(results["ngrams"], "online interpolated")
+        lines.append("| online interpolated trigram (add-k, from zero; the last 2 chars) | "
+                     f"{ngram_settings} | – | "
+                     + " | ".join(bits_cell(row, n) for n in lengths) + " |")
+    return lines + [""]
+
+
+def save_sparse_plot(args, results: dict, centres: np.ndarray) -> None:
+    """``sparse.png``: the sparse network against the online n-grams along the longest
+    lifetime, and what each plastic hidden layer changes against the same layer fixed."""
+    import matplotlib.pyplot as plt
+
+    length = str(args.lengths[-1])
+    by_name = {r["cell"]["name"]: r for r in results["sparse"]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    main = sparse_cells()[0].name
+    rows = [(by_name.get(main), "-"), (by_name.get(CONTEXT_CELL), ":"),
+            (by_name.get(NGRAM4_CELL), "--")]
+    rows += [(r, "-.") for r in results.get("rules", []) if r["cell"]["name"].startswith("sparse")]
+    for r, style in rows:
+        if r is not None:
+            left.plot(centres, r["lengths"][length]["curve"], style, label=r["cell"]["label"])
+    trigram = results.get("ngrams", {}).get("lengths", {}).get(length, {})
+    if "online interpolated" in trigram:
+        left.plot(centres, trigram["online interpolated"]["curve"], "--",
+                  label="online interpolated trigram (add-k, from zero)")
+    left.set_ylabel("bits/char (test windows, log-binned)")
+    left.set_ylim(top=6.5)  # uniform over the 65 characters is 6.02
+    left.set_title("a learning rule only: sparse random layer + plastic readout", fontsize=10)
+    for r in results["sparse"]:
+        fixed = by_name.get(r["cell"].get("fixed"))
+        if fixed is not None:
+            change = np.subtract(r["lengths"][length]["curve"], fixed["lengths"][length]["curve"])
+            right.plot(centres, change, label=r["cell"]["label"])
+    right.axhline(0.0, color="k", lw=0.8)
+    right.axhline(-0.1, color="k", lw=0.8, ls=":", label="0.1 bits/char better")
+    right.set_ylabel(f"bits/char, plastic hidden layer minus fixed ({main})")
+    right.set_title("hidden layers that learn, against the same layer fixed", fontsize=10)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("position in the lifetime (characters)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    runs.save_figure(fig, os.path.join(args.out, "sparse.png"), dpi=110)
+    plt.close(fig)
+
+
 def save_plots(args, results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -694,6 +1107,9 @@ def save_plots(args, results: dict) -> None:
     ngrams = results.get("ngrams", {}).get("lengths", {}).get(str(length), {})
     for r in results.get("rules", []):
         draw(axes[0], r["cell"]["label"], at(r))
+    for r in results.get("sparse", []):
+        if r["cell"]["name"] == sparse_cells()[0].name:  # the part's network, not its ablations
+            draw(axes[0], r["cell"]["label"], at(r), "-.")
     for name, s in ngrams.items():
         draw(axes[0] if name.startswith("online") else axes[1], name, s, "--")
     for r in results.get("priors", []):
@@ -713,6 +1129,8 @@ def save_plots(args, results: dict) -> None:
     fig.tight_layout()
     runs.save_figure(fig, os.path.join(args.out, "learning_curve.png"), dpi=110)
     plt.close(fig)
+    if results.get("sparse"):
+        save_sparse_plot(args, results, centres)
 
     # A row read back from a report.json has no dynamics (`without_dynamics`).
     rule_rows = [r for r in results.get("rules", [])
@@ -774,6 +1192,8 @@ def main(argv=None) -> dict:
         results["ngrams"] = ngram_cell(args)
     if "rules" in args.parts:
         results["rules"] = [meta_cell(args, cell, 0, probe) for cell in cells["rules"]]
+    if "sparse" in args.parts:
+        results["sparse"] = sparse_results(args, probe)
     if "priors" in args.parts:
         results["priors"] = [meta_cell(args, cell, seed, probe) for cell in cells["priors"]
                              for seed in (args.seeds if cell.outer == "gradient"
@@ -793,6 +1213,7 @@ def main(argv=None) -> dict:
     if not args.no_plots:
         save_plots(args, results)
     print(f"wrote {args.out}/report.md, report.json"
-          + ("" if args.no_plots else ", learning_curve.png, dynamics.png"))
+          + ("" if args.no_plots else ", learning_curve.png, dynamics.png"
+                                      + (", sparse.png" if results.get("sparse") else "")))
     return results
 

@@ -20,7 +20,7 @@ Example::
     coeffs = rules.init_coeffs(rule, w.shape, "synapse")
     dw, state = rule.update(coeffs, rule.init(w), w, pre, post)
 
-Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm),
+Modules: `hebbian` (hebb, oja, sanger, hpca, anti_hebb, covariance, bcm, bcpnn),
 `competitive` (instar, soft_wta, krotov), `abcd` (the nine Najarro & Risi variants),
 `polynomial` (polynomial and its variants polynomial_mod, multilinear,
 multilinear_mod), `error_driven` (delta, rls, chl, generec, err_credit), `structural`
@@ -46,7 +46,8 @@ from plastix.rules.error_driven import (
 )
 from plastix.rules.fast_weights import fast_weight_ba, fast_weight_delta
 from plastix.rules.hebbian import (
-    BCMState, CovarianceState, anti_hebb, bcm, covariance, hebb, hpca, oja, sanger,
+    BCMState, BCPNNState, CovarianceState, anti_hebb, bcm, bcpnn, bcpnn_weights, covariance,
+    hebb, hpca, oja, sanger,
 )
 from plastix.rules.modulation import EligibilityState, modulated
 from plastix.rules.polynomial import multilinear, multilinear_mod, polynomial, polynomial_mod
@@ -61,7 +62,8 @@ from plastix.rules.structural import (
 __all__ = [
     "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
     "register", "modulated", "annealed", "apply_mask", "step_mask", "check_mask_thresholds",
-    "PlusPhase", "BCMState", "CovarianceState", "ErrCreditState", "EligibilityState",
-    "HebbianMaskState", "AnnealedState", "PlasticTrace", "RetroactiveTrace",
+    "PlusPhase", "BCMState", "BCPNNState", "CovarianceState", "ErrCreditState",
+    "EligibilityState", "HebbianMaskState", "AnnealedState", "bcpnn_weights", "PlasticTrace",
+    "RetroactiveTrace",
 ]
 __all__ += list(REGISTRY)  # a statement of its own: documentation tools read the list above

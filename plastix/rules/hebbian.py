@@ -1,5 +1,5 @@
 """Correlation-based (Hebbian) rules: Hebb, Oja, Sanger, HPCA, anti-Hebbian,
-covariance and BCM."""
+covariance, BCM and the Bayesian-Hebbian BCPNN."""
 
 from __future__ import annotations
 
@@ -190,3 +190,88 @@ def bcm(rate: float = 0.1) -> Rule:
         return dw, BCMState(state.theta + rate * (post**2 - state.theta))
 
     return make_rule("bcm", update, {"eta": 0.01}, init)
+
+
+class BCPNNState(NamedTuple):
+    """The marginal counts of `bcpnn` (the co-occurrence counts are ``w`` itself)."""
+    pre_count: jnp.ndarray   # (n_pre,): c_i, summed presynaptic activity
+    post_count: jnp.ndarray  # (n_post,): c_j, summed postsynaptic activity
+    steps: jnp.ndarray       # (): n, the steps counted
+    activity: jnp.ndarray    # (): the presynaptic activity summed over units and steps
+
+
+def bcpnn_weights(counts, pre_count, post_count, steps, activity, gain: float,
+                  bias: float):
+    """`bcpnn`'s weights from its counts: ``(n_post, n_pre)`` for ``counts`` of that shape
+    (or any subset of its columns with the matching ``pre_count``)."""
+    n_post = counts.shape[0]
+    p_post = (post_count + 1.0) / (steps + n_post)
+    p_cond = (counts + p_post[:, None]) / (pre_count[None, :] + 1.0)
+    mean_activity = jnp.where(steps > 0, activity / jnp.maximum(steps, 1e-30), 1.0)
+    log_post = jnp.log(p_post)[:, None]
+    return (gain * (jnp.log(p_cond) - log_post) + bias * log_post) / mean_activity
+
+
+@register
+def bcpnn(gain: float = 1.0, bias: float = 1.0) -> Rule:
+    """Bayesian confidence propagation (BCPNN): weights are the log odds that Hebbian
+    co-occurrence counts give, ``log p(i, j) / (p(i) p(j))``.
+
+    Counts, at rate ``eta`` (``w`` holds ``c_ij``; start it at zero):
+
+    ``c_ij += eta y_j x_i``,  ``c_i += eta x_i``,  ``c_j += eta y_j``,  ``n += eta``,
+    ``a += eta sum_i x_i``
+
+    Estimates (``V = n_post``; the priors are one pseudo-count, so ``1 / eta`` is the
+    prior's weight against the data):
+
+    ``p_j = (c_j + 1) / (n + V)``,  ``p_j|i = (c_ij + p_j) / (c_i + 1)``
+
+    Weights that a forward pass uses (``effective_weights``):
+
+    ``w_ij = (gain * log(p_j|i / p_j) + bias * log p_j) / m``,  ``m = a / n``
+
+    ``log(p_j|i / p_j) = log p_ij / (p_i p_j)`` is BCPNN's weight and ``log p_j`` its bias
+    (Lansner & Ekeberg 1989), which is spread over the presynaptic units: ``m`` is their
+    mean summed activity, so for a code of constant activity (``kwta(k)``: ``m = k``) the
+    support ``sum_i w_ij x_i`` is exactly ``bias * log p_j + gain * mean_i log(p_j|i /
+    p_j)`` over the active units. ``gain = m`` is BCPNN's naive-Bayes sum of evidence;
+    ``gain = 1`` pools the active units' conditionals geometrically (a product of
+    experts). As the readout of a sparse code, a unit never active has ``p_j|i = p_j``
+    and so no vote, and one active with a single context is an add-``p_j`` estimate of
+    that context's next symbol: a count-based learner. The priors shrink each unit's
+    estimate towards ``p_j`` (a Dirichlet prior at the post marginal) instead of
+    BCPNN's floor ``epsilon`` (Sandberg et al. 2002), under which an unused unit votes.
+
+    The rule is Hebbian: as a readout it reads the teacher as post. A per-post or
+    per-synapse ``eta`` scales the co-occurrence counts; the marginals count at its mean.
+
+    Args:
+      gain: the weight of the units' evidence (BCPNN's weight gain).
+      bias: the weight of the prior ``log p_j`` (BCPNN's bias gain).
+
+    References:
+      Lansner & Ekeberg, "A one-layer feedback artificial neural network with a Bayesian
+      learning rule", Int. J. Neural Systems 1 (1989); Sandberg, Lansner, Petersson &
+      Ekeberg, "A Bayesian attractor network with incremental learning", Network:
+      Comput. Neural Syst. 13 (2002); gains as in Tully, Hennig & Lansner, Front.
+      Synaptic Neurosci. 6 (2014).
+    """
+
+    def init(w):
+        n_post, n_pre = w.shape
+        zero = jnp.zeros((), w.dtype)
+        return BCPNNState(jnp.zeros(n_pre, w.dtype), jnp.zeros(n_post, w.dtype), zero, zero)
+
+    def update(coeffs, state, w, pre, post, mod):
+        del w, mod
+        eta = coeffs["eta"]
+        rate = jnp.mean(eta)
+        return eta * outer(post, pre), BCPNNState(
+            state.pre_count + rate * pre, state.post_count + rate * post,
+            state.steps + rate, state.activity + rate * jnp.sum(pre))
+
+    def effective_weights(w, state):
+        return bcpnn_weights(w, *state, gain=gain, bias=bias)
+
+    return make_rule("bcpnn", update, {"eta": 1.0}, init, effective_weights=effective_weights)
