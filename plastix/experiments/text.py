@@ -26,7 +26,8 @@ k and mixture are, by a search that runs the grid in one pass over the fixed cod
 (`bcpnn_grid_nll`); the test windows are scored by the network's own lifetime. Its cells
 vary width, k and lags, put Hebb or instar on the hidden matrices (the readout keeping the
 fixed layer's settings), and measure the readout's headroom on a code with units of their
-own for every context (`context_code`).
+own for every context (`context_code`); beside them, the online interpolated 4-gram, the
+count-based learner that reads the same three characters (`ngram.select_online_counted`).
 
 The first user's network is the preset every hidden-rule row shares: reward-modulated
 three-factor hidden layers (``modulated(rule)`` on W_in and W_rec, third factor
