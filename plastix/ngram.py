@@ -332,6 +332,11 @@ def select_online(valid_inputs, valid_targets, vocab_size: int,
 # ---------------------------------------------------------------- online models of any order
 
 
+def _check_any_order(order, name: str) -> None:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {order!r}")
+
+
 def _renumber(keys: np.ndarray) -> np.ndarray:
     """``keys`` as 0, 1, ... in order of value: the same partition of the positions."""
     return np.unique(keys, return_inverse=True)[1].reshape(keys.shape)
@@ -362,8 +367,7 @@ def online_counts(inputs, targets, vocab_size: int, order: int):
     orders 1-3 they are the counts that `online_target_probs`'s tables hold.
     """
     vocab_size = _check_vocab_size(vocab_size)
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    _check_any_order(order, "order")
     _check_windows(inputs, targets, vocab_size)
     inputs, targets = np.asarray(inputs, np.int64), np.asarray(targets, np.int64)
     batch, length = inputs.shape
@@ -379,7 +383,7 @@ def online_counts(inputs, targets, vocab_size: int, order: int):
 def online_counted_probs(inputs, targets, vocab_size: int, ks):
     """``(B, T, n)`` float64: probabilities of every target under the online add-k models
     of orders ``1 .. n = len(ks)`` (``ks[i]`` the constant of order ``i + 1``), from
-    `online_counts`. For ``n <= 3`` the numbers of `online_target_probs`, at any order."""
+    `online_counts`; orders 1-3 give the numbers of `online_target_probs`."""
     if len(ks) < 1:
         raise ValueError("ks must give one k per order (at least one number)")
     for order, k in enumerate(ks, start=1):
@@ -394,9 +398,7 @@ def select_online_counted(valid_inputs, valid_targets, vocab_size: int, max_orde
     """`select_online` for the Jelinek-Mercer mixture of online orders ``1 .. max_order``
     (any order, by `online_counts`): the k of each order, then the weights on the simplex
     grid of spacing ``weight_step``."""
-    if isinstance(max_order, bool) or not isinstance(max_order, (int, np.integer)) \
-            or max_order < 1:
-        raise ValueError(f"max_order must be an integer >= 1, got {max_order!r}")
+    _check_any_order(max_order, "max_order")
     counts = [online_counts(valid_inputs, valid_targets, vocab_size, order)
               for order in range(1, max_order + 1)]
 
