@@ -186,3 +186,30 @@ def test_the_context_code_gives_each_context_units_of_its_own():
     np.testing.assert_array_equal(first[1], first[3])
     assert len({tuple(first[t, :2]) for t in range(5)}) == 3
     assert len(set(first[:, 2])) == 4 and not set(first[:, 2]) & set(first[:, :2].ravel())
+
+
+def test_counted_cells_run_score_and_are_read_back(corpus, tmp_path):
+    """The sparse part's cells that run no network: the 4-gram's figure is the online
+    4-gram's own on the test windows, and both cells are read back, not rerun."""
+    from plastix import ngram
+
+    argv = ["--corpus", corpus, "--out", str(tmp_path / "x"), *TINY, "--parts", "sparse",
+            "--cells", "context_code", "online_4gram"]
+    rows = {r["cell"]["name"]: r for r in text.main(argv)["sparse"]}
+    assert set(rows) == {"context_code", "online_4gram"}
+    check_summaries(corpus, rows.values())
+    args = text.parse_args(argv)
+    for length in LENGTHS:
+        vocab = text.text_task(corpus, length).vocab_size
+        valid = text.split_windows(args, length, "valid")
+        choice = ngram.select_online_counted(valid[0], valid[1], vocab, max_order=4)
+        inputs, targets, _ = text.split_windows(args, length)
+        nll = -np.log(ngram.online_counted_probs(inputs, targets, vocab, choice.ks)
+                      @ np.array(choice.weights))
+        assert rows["online_4gram"]["lengths"][str(length)]["bits"] == pytest.approx(
+            nll.mean() / np.log(2), rel=1e-6)
+        assert set(rows["context_code"]["choices"][str(length)]) == {
+            "eta", "gain", "bias", "valid_bits"}
+    again = {r["cell"]["name"]: r for r in text.main(argv)["sparse"]}
+    assert {name: r["seconds"] for name, r in again.items()} == {
+        name: r["seconds"] for name, r in rows.items()}

@@ -733,15 +733,13 @@ def context_code(inputs, vocab: int, units: tuple[int, ...] = CONTEXT_UNITS):
     return ids, n_units
 
 
-def context_code_cell(args) -> dict | None:
-    """`CONTEXT_UNITS`'s code under the BCPNN readout: its settings chosen on valid per
-    length, scored on the test windows (by `bcpnn_grid_nll`: the code is no network)."""
-    cell_dir = os.path.join(args.out, "sparse", CONTEXT_CELL)
-    label = (f"headroom: {CONTEXT_UNITS[0]} units of their own per context of the last "
-             f"1-{len(CONTEXT_UNITS)} chars (no random layer)")
-    settings = json.loads(json.dumps({"cell": {"name": CONTEXT_CELL, "label": label,
-                                               "units": CONTEXT_UNITS, "fixed": None},
-                                      "grid": BCPNN_GRID}))
+def counted_cell(args, cell: dict, settings: dict, choose, test_nll) -> dict | None:
+    """A cell of the sparse part that runs no network (``cell`` its name, label and other
+    fields): at every length its settings ``choose(inputs, targets, vocab)`` on the valid
+    windows (a JSON-ready dict), then ``test_nll(inputs, targets, vocab, choice)``, the
+    ``(B, T)`` NLL of the test windows."""
+    cell_dir = os.path.join(args.out, "sparse", cell["name"])
+    settings = json.loads(json.dumps({"cell": {**cell, "fixed": None}, **settings}))
     if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
         return done
     began = time.perf_counter()
@@ -749,17 +747,32 @@ def context_code_cell(args) -> dict | None:
     for length in args.lengths:
         vocab = text_task(args.corpus, length).vocab_size
         inputs, targets, _ = split_windows(args, length, "valid")
-        code, n_units = context_code(inputs, vocab)
-        choice = best_readout(code, targets, n_units, vocab)
-        choices[str(length)] = choice
+        choices[str(length)] = choice = choose(inputs, targets, vocab)
         inputs, targets, _ = split_windows(args, length)
+        scores[str(length)] = summary(test_nll(inputs, targets, vocab, choice),
+                                      curve_edges(length))
+    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
+                                   "seconds": time.perf_counter() - began, "lengths": scores})
+
+
+def context_code_cell(args) -> dict | None:
+    """`CONTEXT_UNITS`'s code under the BCPNN readout: its settings chosen on valid per
+    length, scored on the test windows (by `bcpnn_grid_nll`: the code is no network)."""
+    def choose(inputs, targets, vocab):
+        code, n_units = context_code(inputs, vocab)
+        return best_readout(code, targets, n_units, vocab)
+
+    def test_nll(inputs, targets, vocab, choice):
         code, n_units = context_code(inputs, vocab)
         nll = bcpnn_grid_nll(jnp.asarray(code), jnp.asarray(targets), n_units, vocab,
                              *(jnp.asarray([choice[key]], jnp.float32)
                                for key in ("eta", "gain", "bias")))
-        scores[str(length)] = summary(np.asarray(nll)[..., 0, 0, 0], curve_edges(length))
-    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
-                                   "seconds": time.perf_counter() - began, "lengths": scores})
+        return np.asarray(nll)[..., 0, 0, 0]
+
+    label = (f"headroom: {CONTEXT_UNITS[0]} units of their own per context of the last "
+             f"1-{len(CONTEXT_UNITS)} chars (no random layer)")
+    return counted_cell(args, {"name": CONTEXT_CELL, "label": label, "units": CONTEXT_UNITS},
+                        {"grid": BCPNN_GRID}, choose, test_nll)
 
 
 # The count-based learner with the sparse network's context: the online interpolated
@@ -770,24 +783,16 @@ NGRAM4_CELL = "online_4gram"
 def online_4gram_cell(args) -> dict | None:
     """The online add-k 4-gram interpolated with orders 1-3 (`ngram.select_online_counted`):
     k and mixture chosen on valid per length, scored on the test windows."""
-    cell_dir = os.path.join(args.out, "sparse", NGRAM4_CELL)
+    def choose(inputs, targets, vocab):
+        return dataclasses.asdict(ngram.select_online_counted(inputs, targets, vocab,
+                                                              max_order=4))
+
+    def test_nll(inputs, targets, vocab, choice):
+        probs = ngram.online_counted_probs(inputs, targets, vocab, choice["ks"])
+        return -np.log(probs @ np.array(choice["weights"]))
+
     label = "online interpolated 4-gram (add-k, from zero; the last 3 chars)"
-    settings = {"cell": {"name": NGRAM4_CELL, "label": label, "fixed": None}}
-    if (done := read_result(args, cell_dir, settings)) is not None or args.report_only:
-        return done
-    began = time.perf_counter()
-    choices, scores = {}, {}
-    for length in args.lengths:
-        vocab = text_task(args.corpus, length).vocab_size
-        choice = ngram.select_online_counted(*split_windows(args, length, "valid")[:2], vocab,
-                                             max_order=4)
-        choices[str(length)] = dataclasses.asdict(choice)
-        inputs, targets, _ = split_windows(args, length)
-        probs = ngram.online_counted_probs(inputs, targets, vocab, choice.ks)
-        scores[str(length)] = summary(-np.log(probs @ np.array(choice.weights)),
-                                      curve_edges(length))
-    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
-                                   "seconds": time.perf_counter() - began, "lengths": scores})
+    return counted_cell(args, {"name": NGRAM4_CELL, "label": label}, {}, choose, test_nll)
 
 
 def sparse_results(args, probe_token: int) -> list[dict]:
