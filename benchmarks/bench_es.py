@@ -45,6 +45,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 from plastix import batching, checks, cli, evolve, plastic, runs, tasks  # noqa: E402
 
 FLOPS_PER_SYNAPSE_STEP = 11  # 2 for the matrix-vector product, 9 for the ABCD_lr update
+# What --profile holds: the traces jax.profiler writes (plugins/profile/<run>/).
+PROFILE_KIND = runs.RunKind("profile", files=(), dirs=("plugins",),
+                            recognise=runs.has_entry("plugins"))
 
 
 def make_evolution(pop: int, batch: int, seq_len: int, hidden: int, vocab: int,
@@ -265,7 +268,7 @@ def parse_args(parser: cli.Parser, argv=None, unread: tuple[str, ...] = ()):
     except checks.FieldError as error:
         raise error.renamed(lambda field: ES_FIELD_FLAGS.get(field, field)) from None
     if args.profile is not None:
-        runs.claim(args.profile, "auto", flag="--profile")
+        runs.claim(args.profile, PROFILE_KIND, "auto", flag="--profile")
     return args
 
 

@@ -92,7 +92,8 @@ def parser() -> cli.Parser:
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
-    runs.claim(args.out, "auto", outputs=("scaling.json", "scaling.png"))  # before the sweeps
+    for name in ("scaling.json", "scaling.png"):  # before the sweeps
+        runs.check_output_file(os.path.join(args.out, name), "--out", name)
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     results = {name: sweep(name, values, args.repeats) for name, values in sweeps.items()}
     runs.write_json(os.path.join(args.out, "scaling.json"), results)

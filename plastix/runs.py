@@ -29,6 +29,7 @@ metrics records logged after it (`MetricsLog.truncate_to`) and go on
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import json
 import os
@@ -42,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from plastix import progress
-from plastix.rules import Rule
 from plastix.checks import FieldError
 from plastix.cli import one_line
+from plastix.rules import Rule
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.msgpack"
@@ -69,8 +70,10 @@ def _fsync_dir(directory: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` by ``data``: a temporary file, fsynced, then renamed over it."""
+    """Replace ``path`` by ``data``: a temporary file, fsynced, then renamed over it (its
+    directory made if missing)."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -105,17 +108,254 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
 
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS)
 CLAIM_MODES = ("new", "resume", "overwrite", "auto")
+MARKER = "plastix-run.json"
+MARKER_FORMAT = 1
 
 
-def held_files(run_dir: str | os.PathLike) -> list[str]:
-    """The run files (`RUN_FILES`) present in ``run_dir``: it holds a run if any."""
-    return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+def _never(path: str) -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKind:
+    """What one kind of run (a command's) writes into a directory of its own.
+
+    Every writer follows one rule (`check_dir`, then `take_dir`): a run goes only into a
+    directory that is missing, empty, or holds a run of its own kind -- named by the marker
+    file `MARKER`, or, for a run written before markers, recognised by ``recognise`` with
+    nothing in the directory but what the kind writes. Anything else is refused by name.
+    Replacing a run removes only ``files`` and the runs of kind ``cells`` in ``dirs``.
+
+    Attributes:
+      name: the kind, as the marker names it ("evolve", "sweep", "text", ...).
+      files: the files such a run writes into its directory.
+      dirs: its subdirectories (where the runs it is made of live), as names or
+        ``fnmatch`` patterns (``"*_es_s*"``).
+      cells: the kind of the runs in each of ``dirs``, where replacing the run removes
+        them (None: the kind is never replaced whole).
+      state: the entry whose presence means there is a run to resume (None: any of the
+        kind's entries).
+      recognise: whether a directory without a marker holds a run of this kind written
+        before markers (its signature file, read).
+    """
+
+    name: str
+    files: tuple[str, ...]
+    dirs: tuple[str, ...] = ()
+    cells: RunKind | None = None
+    state: str | None = None
+    recognise: Callable[[str], bool] = _never
+
+    def owns(self, entry: str) -> bool:
+        """Whether the directory entry ``entry`` is this kind's (a temporary file of a
+        killed write among them)."""
+        name = entry.removesuffix(".tmp")
+        return (name == MARKER or name in self.files
+                or any(fnmatch.fnmatchcase(entry, d) for d in self.dirs))
+
+    def subdirs(self, run_dir: str) -> list[str]:
+        """The paths of the kind's subdirectories that ``run_dir`` holds."""
+        if not os.path.isdir(run_dir):
+            return []
+        return [os.path.join(run_dir, e) for e in sorted(os.listdir(run_dir))
+                if any(fnmatch.fnmatchcase(e, d) for d in self.dirs)
+                and os.path.isdir(os.path.join(run_dir, e))]
+
+
+def json_with_keys(name: str, *keys: str, any_of: bool = False) -> Callable[[str], bool]:
+    """A `RunKind.recognise`: the directory's JSON file ``name`` is an object holding every
+    one of ``keys`` (with ``any_of``, at least one)."""
+
+    def recognise(path: str) -> bool:
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return False
+        found = [k in saved for k in keys] if isinstance(saved, dict) else [False]
+        return any(found) if any_of else all(found)
+
+    return recognise
+
+
+def has_entry(*names: str) -> Callable[[str], bool]:
+    """A `RunKind.recognise`: the directory holds one of ``names``."""
+    return lambda path: any(os.path.exists(os.path.join(path, n)) for n in names)
+
+
+def read_marker(run_dir: str | os.PathLike) -> dict | None:
+    """The marker of ``run_dir`` (``{"kind", "format", "plastix"}``), None if it has none."""
+    path = os.path.join(run_dir, MARKER)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        marker = None
+    if not (isinstance(marker, dict) and isinstance(marker.get("kind"), str)
+            and isinstance(marker.get("format"), int)):
+        raise ValueError(f"{path} is damaged: it does not name the kind of run the directory "
+                         f"holds; move the directory away or repair the file")
+    return marker
+
+
+def _listing(names: list[str], most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def held_files(run_dir: str | os.PathLike, kind: RunKind) -> list[str]:
+    """What of a run of ``kind`` ``run_dir`` holds (its files and non-empty subdirectories,
+    not the marker): it holds a run if any."""
+    path = os.fspath(run_dir)
+    if not os.path.isdir(path):
+        return []
+    held = [n for n in kind.files if os.path.exists(os.path.join(path, n))]
+    return held + [os.path.basename(d) for d in kind.subdirs(path) if os.listdir(d)]
+
+
+def _check_writable(path: str, flag: str) -> None:
+    # The nearest existing ancestor must let the directory be made and written.
+    existing = path
+    while not os.path.exists(existing):
+        parent = os.path.dirname(os.path.abspath(existing))
+        if parent == os.path.abspath(existing):
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path} is a file, not a directory" if existing == path else
+                         f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: " + ("the directory is not writable"
+                                                if existing == path else
+                                                f"cannot create it ({existing} is not "
+                                                f"writable)"))
+
+
+def check_dir(run_dir: str | os.PathLike, kind: RunKind, mode: str = "new",
+              flag: str = "--out") -> bool:
+    """Check that a run of ``kind`` may go into ``run_dir``; nothing on disk changes, so a
+    run refused later (any setting of the configuration) leaves the directory as it was.
+    `take_dir` then makes it the run's.
+
+    Args:
+      run_dir: the run directory (it may not exist yet).
+      kind: what the run writes.
+      mode: "new" refuses a directory that holds a run; "resume" refuses one that holds
+        none; "overwrite" will replace the run it holds; "auto" continues a run if there
+        is one, else starts one (for experiments made of many cells).
+      flag: how the user named the directory, for the messages.
+
+    Returns:
+      Whether the run continues from what the directory holds.
+
+    Raises:
+      ValueError: one line naming the directory and what is in the way.
+    """
+    if mode not in CLAIM_MODES:
+        raise ValueError(f"unknown run-directory mode {mode!r}; choose one of {CLAIM_MODES}")
+    path = os.fspath(run_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a run directory")
+    _check_writable(path, flag)
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    foreign = [e for e in entries if not kind.owns(e)]
+    marker = read_marker(path) if entries else None
+    if marker is not None and marker["kind"] != kind.name:
+        raise ValueError(f"{flag} {path} holds a plastix {marker['kind']} run, not a "
+                         f"{kind.name} run: choose another directory")
+    if marker is not None and marker["format"] > MARKER_FORMAT:
+        raise ValueError(f"{flag} {path} holds a run written by a newer plastix (marker "
+                         f"format {marker['format']}); use that version or another directory")
+    if foreign:
+        raise ValueError(f"{flag} {path} holds files that a plastix {kind.name} run does not "
+                         f"write ({_listing(foreign)}): choose an empty or new directory")
+    if entries and marker is None and not kind.recognise(path):
+        raise ValueError(f"{flag} {path} holds {_listing(entries)} but no {MARKER}: it is "
+                         f"not a plastix {kind.name} run; choose an empty or new directory")
+    if mode == "overwrite" and kind.cells is not None:
+        for cell in _cells(path, kind):
+            check_dir(cell, kind.cells, "auto", flag=f"{flag} run")
+    held = held_files(path, kind)
+    if mode == "auto":
+        return bool(held)
+    if mode == "resume":
+        state = kind.state or (held[0] if held else None)
+        if state is None or state not in held:
+            raise ValueError(f"nothing to resume in {path}: it holds no {kind.name} run (no "
+                             f"{kind.state or 'files of one'}); start it without --resume"
+                             + (" and with --overwrite" if held else ""))
+        return True
+    if held and mode == "new":
+        if kind.state is not None and kind.state not in held:
+            raise ValueError(f"{path} holds what is left of a {kind.name} run without its "
+                             f"{kind.state} ({_listing(held)}), which cannot be resumed: "
+                             f"replace it with --overwrite")
+        raise ValueError(f"{path} already holds a run ({kind.name}: {_listing(held)}): "
+                         f"continue it with --resume or replace it with --overwrite")
+    return False
+
+
+def _cells(path: str, kind: RunKind) -> list[str]:
+    return [os.path.join(d, cell) for d in kind.subdirs(path) for cell in sorted(os.listdir(d))]
+
+
+def take_dir(run_dir: str | os.PathLike, kind: RunKind, mode: str = "new") -> None:
+    """Make ``run_dir`` the run's, after `check_dir` accepted it and every other setting
+    has been checked: create it, mark it with ``kind``, and for "overwrite" remove the run
+    it held -- ``kind``'s files and cells, nothing else."""
+    path = os.fspath(run_dir)
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):  # a temporary file is only ever a killed write
+        if name.endswith(".tmp") and kind.owns(name):
+            os.remove(os.path.join(path, name))
+    if mode == "overwrite":
+        remove_run(path, kind, keep_marker=True)
+    if read_marker(path) is None:
+        from plastix import __version__  # the package, imported by now
+        write_json(os.path.join(path, MARKER), {"kind": kind.name, "format": MARKER_FORMAT,
+                                                "plastix": __version__})
+
+
+def remove_run(run_dir: str | os.PathLike, kind: RunKind, keep_marker: bool = False) -> None:
+    """Remove the run of ``kind`` in ``run_dir``: its files, its cells (runs of
+    ``kind.cells``) and, unless ``keep_marker``, its marker and the directory if that
+    leaves it empty. Nothing the kind does not write is touched."""
+    path = os.fspath(run_dir)
+    # The config goes last: a kill in between leaves a run that "new" still refuses,
+    # never an old checkpoint under a new config.
+    for name in sorted(kind.files, key=lambda n: n == CONFIG):
+        target = os.path.join(path, name)
+        if os.path.isfile(target):
+            os.remove(target)
+    if kind.cells is not None:
+        for cell in _cells(path, kind):
+            remove_run(cell, kind.cells)
+        for d in kind.subdirs(path):
+            if not os.listdir(d):
+                os.rmdir(d)
+    if not keep_marker:
+        if os.path.exists(os.path.join(path, MARKER)):
+            os.remove(os.path.join(path, MARKER))
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+
+def claim(run_dir: str | os.PathLike, kind: RunKind, mode: str = "new",
+          flag: str = "--out") -> bool:
+    """`check_dir` then `take_dir`, for a run whose every other setting is already
+    checked. Returns whether the run continues from what the directory holds."""
+    resume = check_dir(run_dir, kind, mode, flag)
+    take_dir(run_dir, kind, mode)
+    return resume
 
 
 def new_run_dir(root: str | os.PathLike) -> str:
     """A new, empty directory ``root/YYYYmmdd-HHMMSS`` (the local time; ``-2``, ``-3``, ...
     after it when that is taken) for a run whose command line named none. It is made here,
-    at once, so that runs started in the same second never share one."""
+    at once, so that runs started in the same second never share one; make it only once
+    the run's configuration has been checked."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     os.makedirs(root, exist_ok=True)
     for n in itertools.count(1):
@@ -139,67 +379,14 @@ def check_named(out: str | None, mode: str, root: str, flag: str = "--out") -> N
 
 def check_output_file(path: str, flag: str, example: str) -> None:
     """An output file that can be written, checked before any work: not empty, not a
-    directory (the message suggests ``<it>/<example>``), in a directory `claim` accepts."""
+    directory (the message suggests ``<it>/<example>``), in a directory that exists or
+    can be made. The file is the user's to name: writing it replaces what it held."""
     if not path:
         raise FieldError(flag, "must be a file path, got ''")
     if os.path.isdir(path):
         raise FieldError(flag, f"{path} is a directory; give a file path such as "
                                f"{os.path.join(path, example)}")
-    claim(os.path.dirname(path) or ".", "auto", flag=flag)  # its directory
-
-
-def claim(run_dir: str | os.PathLike, mode: str = "new", outputs: Iterable[str] = (),
-          flag: str = "--out") -> bool:
-    """Make ``run_dir`` ready for a run, never mixing two runs or losing one unasked.
-
-    Args:
-      run_dir: the run directory (created if missing).
-      mode: "new" refuses a directory that holds a run; "resume" refuses one that holds
-        none; "overwrite" removes the run it holds (its ``outputs`` too); "auto" resumes
-        a run if there is one, else starts one (for experiments made of many cells).
-      outputs: files the run writes besides `RUN_FILES` (reports, plots), removed by
-        "overwrite" with the run.
-      flag: how the user named the directory, for the messages.
-
-    Returns:
-      Whether the run continues from what the directory holds.
-
-    Raises:
-      ValueError: one line naming the directory and the choice to make.
-    """
-    if mode not in CLAIM_MODES:
-        raise ValueError(f"unknown run-directory mode {mode!r}; choose one of {CLAIM_MODES}")
-    path = os.fspath(run_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a file, not a run directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: the directory is not writable")
-    for name in (*RUN_FILES, *outputs):  # a temporary file is only ever a killed write
-        stale = os.path.join(path, f"{name}.tmp")
-        if os.path.exists(stale):
-            os.remove(stale)
-    held = held_files(path)
-    if mode == "auto":
-        return bool(held)
-    if mode == "resume":
-        if CONFIG not in held:
-            raise ValueError(f"nothing to resume in {path}: it holds no run (no {CONFIG}); "
-                             f"start the run without --resume")
-        return True
-    if held and mode == "new":
-        raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
-                         f"--resume or replace it with --overwrite")
-    # The checkpoint goes first and the config last: a kill in between leaves a run that a
-    # later "new" still refuses, never an old checkpoint under a new config.
-    for name in (CHECKPOINT, METRICS, *outputs, CONFIG):
-        target = os.path.join(path, name)
-        if os.path.exists(target):
-            os.remove(target)
-    return False
+    _check_writable(os.path.dirname(path) or ".", flag)
 
 
 # --- config ------------------------------------------------------------------------------

@@ -53,6 +53,12 @@ from plastix import checks, masks, progress, runs, tasks
 
 # config.json keys a resumed run may set afresh: more steps extend a finished run.
 MAY_CHANGE_ON_RESUME = ("train.steps",)
+# A training run's directory: its run files, and the result.json an experiment that runs
+# it as a cell writes beside them. A run from before markers is known by its config.
+KIND = runs.RunKind("train", files=(*runs.RUN_FILES, "experiment.json", "result.json"),
+                    state=runs.CONFIG,
+                    recognise=runs.json_with_keys(runs.CONFIG, "experiment", "train",
+                                                  any_of=True))
 # Record fields that measure speed, not results: they differ between equal runs.
 TIMING_FIELDS = ("steps_per_s",)
 
@@ -275,7 +281,7 @@ def fit(
     ...}``) and ``checkpoint.msgpack`` (``{"step", "state": TrainState}``), each written
     atomically or appended a line at a time. Returns the final `TrainState`.
 
-    ``mode`` is what to do with a directory that already holds a run (`runs.claim`):
+    ``mode`` is what to do with a directory that already holds a run (`runs.check_dir`):
     "auto" (the default) continues it, "resume" continues it and refuses a directory
     without one, "new" refuses it, "overwrite" replaces it. A run is continued from its
     checkpoint (or from the start, if it was stopped before its first) only if its saved
@@ -293,7 +299,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / runs.CHECKPOINT
-    continues = runs.claim(run_dir, mode, flag=flag)
+    continues = runs.check_dir(run_dir, KIND, mode, flag=flag)
     cfg_dict = run_config(model, task, config, experiment, masking)
     if continues:
         _check_resumable(run_dir, cfg_dict)
@@ -312,6 +318,7 @@ def fit(
         if start is not None:
             state = start(state)
     # Only now, every check passed: a refused run leaves the directory as it was.
+    runs.take_dir(run_dir, KIND, mode)
     runs.write_config(run_dir, cfg_dict)
     log.truncate_to(int(state.step))  # the resumed run logs later steps again
 

@@ -328,7 +328,8 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_run(kills, strai
     assert ((run_dir / runs.CHECKPOINT).read_bytes()
             == (straight / runs.CHECKPOINT).read_bytes())  # step, parameters, Adam state
     assert runs.read_config(run_dir) == runs.read_config(straight)
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(runs.RUN_FILES)  # no .tmp left
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(  # no .tmp left
+        [*runs.RUN_FILES, runs.MARKER])
 
 
 def test_a_finished_run_is_skipped_and_overwrite_trains_it_afresh(straight, tmp_path):

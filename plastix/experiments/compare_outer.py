@@ -75,6 +75,9 @@ PRESETS = {
 
 
 REPORT_FILES = ("report.md", "report.json")
+# What --out holds: the report, and a run directory per preset, outer loop and seed.
+KIND = runs.RunKind("compare-outer", files=REPORT_FILES, dirs=("*_es_s*", "*_gradient_s*"),
+                    recognise=runs.json_with_keys("report.json", "results", "hand_rules"))
 
 
 def parser() -> cli.Parser:
@@ -218,7 +221,7 @@ def format_report(args, results: list[dict], hands: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
+    runs.claim(args.out, KIND, "auto")  # its runs are its subdirectories
     results = [run_one(args, preset, outer, seed) for preset in args.presets
                for seed in args.seeds for outer in es_abcd.OUTER_LOOPS]
     hands = [row for preset in args.presets for row in hand_rows(args, preset)]

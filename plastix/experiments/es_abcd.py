@@ -102,6 +102,12 @@ MIB = 2**20
 TEST_KEY = 777
 # What a run writes besides its run files; --overwrite removes them with the run.
 REPORT_FILES = ("report.md", "report.json", "fitness.png", "coefficients.png", "weights.png")
+# The run directory's kind: its run files, its report, and the result.json an experiment
+# that runs it as one of its cells (text.py, compare_outer.py) writes beside them. A run
+# from before markers is known by its config (`upgrade_config`'s layouts).
+KIND = runs.RunKind("evolve", files=(*runs.RUN_FILES, *REPORT_FILES, "result.json"),
+                    state=runs.CONFIG,
+                    recognise=runs.json_with_keys(runs.CONFIG, "es", "pop", any_of=True))
 
 # Where a run that names no --out gets a new directory of its own (`runs.new_run_dir`).
 RUNS_ROOT = os.path.join("runs", "es_abcd")
@@ -875,8 +881,14 @@ def _build_outer(cfg: RunConfig):
     task, net = cfg.task.build(), cfg.net
     key, start = jax.random.key(cfg.seed), initial_mean(cfg.net, cfg)
     if cfg.outer == "gradient":
-        return metagrad.make_meta_gradient(net, task, cfg.grad, key, init_params=start)
-    return evolve.make_evolution(net, task, cfg.es, key, init_mean=start)
+        outer = metagrad.make_meta_gradient(net, task, cfg.grad, key, init_params=start)
+    else:
+        outer = evolve.make_evolution(net, task, cfg.es, key, init_mean=start)
+    # A lifetime traced abstractly (no compilation, no computation): a network its rules
+    # cannot run (a rule that needs a target on a matrix that has none) is refused here,
+    # before a run writes anything, not in its first generation.
+    jax.eval_shape(lambda params, k: outer.score(params, k, "valid", 2), start, key)
+    return outer
 
 
 def describe(cfg: RunConfig, outer) -> str:
@@ -929,21 +941,33 @@ def progress_line(r: dict, valid_sequences: int | None = None) -> str:
     return f"step {r['step']:5d} | {train} | |g| {grad_norm} | {held_out} | {speed}"
 
 
+def check_run(cfg: RunConfig, mode: str = "new") -> bool:
+    """Check everything a run needs before any file is written, so that a refused run
+    leaves its directory as it was: the directory (`runs.check_dir`; ``cfg.out`` None is
+    a new one), a resume's saved config, and the outer loop, built and its lifetime traced
+    (`make_outer`). Returns whether the run continues from what the directory holds."""
+    resume = False if cfg.out is None else runs.check_dir(cfg.out, KIND, mode)
+    runs.check_config(cfg.out, runs.config_dict(cfg), resume, MAY_CHANGE_ON_RESUME,
+                      upgrade=upgrade_config)
+    make_outer(cfg)
+    return resume
+
+
 def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = None):
-    """The run every entry point shares: claim the run directory (``mode``: a
-    `runs.claim` mode), refuse a mismatched resume, build the outer loop, write
-    ``config.json``, then run the loop with progress lines.
+    """The run every entry point shares: check the whole configuration (`check_run`),
+    take the run directory (``mode``: a `runs.check_dir` mode), write ``config.json``,
+    then run the loop with progress lines.
 
     Returns ``(outer, history, learned)``: the outer loop (its ``net`` and ``task``), the
     logged records, and the learned parameters on the host.
     """
     cfg_dict = runs.config_dict(cfg)
-    resume = runs.claim(cfg.out, mode, outputs=REPORT_FILES)
-    runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
+    resume = check_run(cfg, mode)
     outer = make_outer(cfg)
     print(describe(cfg, outer), flush=True)
 
     def start(step: int) -> None:  # the checkpoint and history are sound: claim the run
+        runs.take_dir(cfg.out, KIND, mode)
         runs.write_config(cfg.out, cfg_dict)
         if resume:
             print(f"resumed {cfg.out} at {STEP_NAMES[cfg.outer]} {step} of {cfg.generations}"
@@ -960,6 +984,7 @@ def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = N
 def main(argv=None) -> list[dict]:
     cfg, mode = parse_config(argv)
     if cfg.out is None:  # a directory of its own, so that the same command runs again
+        check_run(cfg, mode)  # first: a refused run leaves no directory behind
         cfg = dataclasses.replace(cfg, out=runs.new_run_dir(RUNS_ROOT))
         print(f"writing to {cfg.out}", flush=True)
     t0 = time.perf_counter()

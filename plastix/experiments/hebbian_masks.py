@@ -105,6 +105,9 @@ PART_SETTINGS = {"mlp": DIGITS_SETTINGS, "cnn": DIGITS_SETTINGS,
                         "covariance_m1.5", "covariance_m2")}
 AIM_SPARSITY = 0.9  # the aim: at least this fraction of the readout pruned
 REPORT_FILES = ("report.md", "report.json", "sparsity_vs_error.png", "sparsity_over_time.png")
+# What --out holds: the report, the lm part's embedded corpus, and a directory of runs per part.
+KIND = runs.RunKind("hebbian-masks", files=(*REPORT_FILES, "embedded_corpus.txt"),
+                    dirs=PARTS, recognise=runs.has_entry(*PARTS))
 
 EMBEDDED_TEXT = """\
 Shall I compare thee to a summer's day?
@@ -868,7 +871,7 @@ def save_plots(args, parts: dict) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
+    runs.claim(args.out, KIND, "auto")  # its runs are its subdirectories
     began = time.perf_counter()
     parts = {part: run_part(args, part) for part in args.parts}
     parts = {name: part for name, part in parts.items() if part}

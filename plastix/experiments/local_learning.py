@@ -29,6 +29,8 @@ from plastix import checks, cli, runs, settling, tasks
 
 TUNE_SEED_OFFSET = 1000  # tuning seeds never overlap the reported ones
 REPORT_FILES = ("report.md", "report.json", "curves.png")
+KIND = runs.RunKind("local-learning", files=REPORT_FILES,
+                    recognise=runs.json_with_keys("report.json", "sizes", "rows"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +189,7 @@ def parse_args(argv=None):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     chosen = chosen_variants(args.variants)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)
+    runs.claim(args.out, KIND, "auto")
     sizes, train, tune, test = load_task(args.task, args.data_seed, tuple(args.hidden))
     rows, curves = [], {}
     tune_seeds = [TUNE_SEED_OFFSET + s for s in range(args.tune_seeds)]

@@ -55,6 +55,8 @@ HELD_OUT_KEY = 2**31 - 1
 NON_PLASTIC = "non-plastic"
 ARMS = ("diff_hebb", "diff_oja", NON_PLASTIC)
 REPORT_FILES = ("report.md", "report.json", "curves.png")
+KIND = runs.RunKind("pattern-completion", files=REPORT_FILES,
+                    recognise=runs.json_with_keys("report.json", "command", "rows"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +349,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     command = " ".join(["python experiments/pattern_completion.py", *argv])
     task = Task(args.bits, args.patterns, args.cycles, args.present, args.gap)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)
+    runs.claim(args.out, KIND, "auto")
     test_final = held_out(task, args.held_out)
     test_curve = jax.tree.map(lambda x: x[:min(512, args.held_out)], test_final)
     start, rows = time.perf_counter(), []

@@ -41,6 +41,8 @@ from plastix import checks, cli, evolve, recovery, runs
 FAMILIES = {"oja": "polynomial", "delta": "multilinear_mod"}  # the fitted family per rule
 METHODS = ("gradient", "es")
 REPORT_FILES = ("report.md", "report.json")
+KIND = runs.RunKind("rule-recovery", files=REPORT_FILES,
+                    recognise=runs.json_with_keys("report.json", "terms", "rows"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +380,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)
+    runs.claim(args.out, KIND, "auto")
     cells = grid_cells(args) + ([] if args.no_ablations else ablation_cells(args))
     start = time.perf_counter()
     rows = run_cells(cells, args)

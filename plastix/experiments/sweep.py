@@ -37,7 +37,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import time
 
 from plastix import devices
@@ -55,6 +54,10 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from plastix import checks, cli, evolve, progress, runs  # noqa: E402
 from plastix.experiments import es_abcd  # noqa: E402
 
+# What a sweep writes: its table and heatmap, and its cells, each an es_abcd.py run.
+KIND = runs.RunKind("sweep", files=("results.jsonl", "results.md", "heatmap.png"),
+                    dirs=("cells",), cells=es_abcd.KIND, state="cells",
+                    recognise=runs.has_entry("cells", "results.jsonl"))
 # Where a sweep that names no --out gets a new directory of its own (`runs.new_run_dir`).
 RUNS_ROOT = os.path.join("runs", "sweep")
 # What cells of one compiled program may differ in: values the program takes as inputs.
@@ -94,9 +97,9 @@ def cell_name(values) -> str:
 
 
 def grid(axes: dict[str, list[str]], base: list[str]) -> list[Cell]:
-    """Every combination of the axes' values, each checked as its ``es_abcd.py`` command
-    line (``base`` plus the cell's flags) would be; no cell has its run directory yet
-    (`placed`), so a refused grid leaves nothing behind."""
+    """Every combination of the axes' values, each checked as its ``es_abcd.py`` run
+    (``base`` plus the cell's flags) would be, every setting; no cell has its run directory
+    yet (`placed`), so a refused grid leaves nothing behind."""
     cells = []
     for combo in itertools.product(*axes.values()):
         values = tuple(zip(axes, combo))
@@ -111,6 +114,11 @@ def grid(axes: dict[str, list[str]], base: list[str]) -> list[Cell]:
         if cfg.outer != "es":
             raise ValueError("a sweep runs ES; run --outer gradient cells with es_abcd.py")
         cells.append(Cell(name, values, cfg))
+    for cell in cells:  # then what only building a cell checks (it computes a little)
+        try:
+            es_abcd.check_run(cell.cfg)
+        except ValueError as e:
+            raise ValueError(f"cell {cell.name}: {cli.one_line(e)}") from None
     return cells
 
 
@@ -251,7 +259,7 @@ def resume_cells(cells: list[Cell], states) -> tuple[object, list[int]]:
     for i, cell in enumerate(cells):
         state, step = jax.tree.map(lambda x: x[i], states), 0
         if writes():
-            resume = runs.claim(cell.cfg.out, "auto", outputs=es_abcd.REPORT_FILES)
+            resume = runs.claim(cell.cfg.out, es_abcd.KIND, "auto")
             cfg_dict = runs.config_dict(cell.cfg)
             runs.check_config(cell.cfg.out, cfg_dict, resume, es_abcd.MAY_CHANGE_ON_RESUME,
                               upgrade=es_abcd.upgrade_config)
@@ -420,18 +428,28 @@ def read_spec(args) -> tuple[dict[str, list[str]], list[str]]:
     return axes, base
 
 
-def claim_sweep(out: str, mode: str) -> None:
-    """Refuse to start a new sweep where one is, or remove it with "overwrite"; process 0
-    looks and every process abides by what it saw."""
-    cells_dir = os.path.join(out, "cells")
-    held = writes() and os.path.isdir(cells_dir) and bool(os.listdir(cells_dir))
-    if from_process_0(np.array(held)) and mode == "new":
-        raise ValueError(f"{out} already holds a sweep: continue it with --resume or replace "
-                         f"it with --overwrite")
+def check_sweep_dir(out: str, mode: str) -> None:
+    """Refuse a directory that holds anything but a sweep, or a sweep where ``mode`` says
+    none may be; process 0 looks and every process abides by what it saw."""
+    refusal = ""
     if writes():
-        if mode == "overwrite" and os.path.isdir(out):
-            shutil.rmtree(out)
-        os.makedirs(cells_dir, exist_ok=True)
+        try:
+            runs.check_dir(out, KIND, mode)
+        except ValueError as e:
+            refusal = cli.one_line(e)
+    refused = bool(from_process_0(np.array(bool(refusal))))
+    if refusal:
+        raise ValueError(refusal)
+    if refused:
+        raise ValueError(f"--out {out} is refused (process 0's error says why)")
+
+
+def take_sweep_dir(out: str, mode: str) -> None:
+    """Make ``out`` the sweep's (replacing the sweep it holds with "overwrite"), once every
+    cell has been checked."""
+    if writes():
+        runs.take_dir(out, KIND, mode)
+        os.makedirs(os.path.join(out, "cells"), exist_ok=True)
 
 
 def main(argv=None) -> list[dict]:
@@ -444,12 +462,14 @@ def main(argv=None) -> list[dict]:
     if args.coordinator and args.out is None:
         raise checks.FieldError("--coordinator", "needs --out DIR, one directory that every "
                                                  "process names alike")
+    if args.out is not None:
+        check_sweep_dir(args.out, mode)
     axes, base = read_spec(args)
-    cells = grid(axes, base)
+    cells = grid(axes, base)  # every cell checked: nothing is written before
     if args.out is None:  # a directory of its own, so that the same command runs again
         args.out = runs.new_run_dir(RUNS_ROOT)
     cells = placed(cells, args.out)
-    claim_sweep(args.out, mode)
+    take_sweep_dir(args.out, mode)
     done = {c.name: finished_row(c) if writes() else None for c in cells}
     finished = from_process_0(np.array([done[c.name] is not None for c in cells]))
     todo = [c for c, f in zip(cells, finished) if not f]

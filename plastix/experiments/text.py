@@ -85,6 +85,10 @@ TEST_SEED, VALID_SEED, LIFETIME_SEED = 777, 778, 779
 PARTS = ("ngrams", "rules", "sparse", "priors", "lstm")
 LN2 = math.log(2)
 REPORT_FILES = ("report.md", "report.json", "learning_curve.png", "dynamics.png", "sparse.png")
+# What --out holds: the report, and the cells in a directory per kind of cell.
+CELL_DIRS = ("ngrams", "meta", "sparse", "backprop")
+KIND = runs.RunKind("text", files=REPORT_FILES, dirs=CELL_DIRS,
+                    recognise=runs.has_entry(*CELL_DIRS))
 
 
 def readout_flags(rule: str) -> tuple[str, ...]:
@@ -1186,12 +1190,13 @@ def most_frequent_token(args) -> int:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cells = chosen_cells(args)
-    runs.claim(args.out, "auto", outputs=REPORT_FILES)  # its runs are its subdirectories
+    runs.check_dir(args.out, KIND, "auto")
     # A corpus too short for a lifetime fails before any work.
     for length in {*args.lengths, args.train_length, *(
             cell.train_length for part_cells in cells.values() for cell in part_cells
             if cell.train_length)}:
         text_task(args.corpus, length)
+    runs.take_dir(args.out, KIND, "auto")  # its runs are its subdirectories
     probe = most_frequent_token(args)
     results: dict = {}
     if "ngrams" in args.parts:
