@@ -1,0 +1,214 @@
+"""A property over the flag space of es_abcd.py and sweep.py, on command lines drawn by a
+seeded generator: good and bad values, settings that diverge, and run directories that
+are new, hold a user's files, or hold a finished run (with --resume, --overwrite or
+neither).
+
+* exit 0 => every learned row's figures are finite, every figure that is not says so in
+  its row's note, and a learned row that is the starting rule says so;
+* exit != 0 => status 2 and one ``error:`` line; nothing outside --out changed, and a
+  directory that held anything but a run of the command's kind is unchanged (a run
+  refused before it started changes nothing at all).
+
+The default tier draws a few command lines of each command; ``-m slow`` draws many more.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import es_abcd  # noqa: E402
+import sweep  # noqa: E402
+
+from plastix import cli, runs  # noqa: E402
+
+# The shapes stay fixed (one compiled program serves many cases); values, rules, the
+# outer loop and the directory vary.
+BASE = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--log-every", "1",
+        "--eval-batch", "8", "--no-plots", "--report", "rule"]
+VALUES = {
+    "--lr": ["0.05", "0.2", "3e38", "1e39", "1e-46", "nan", "-1"],
+    "--sigma": ["0.1", "1e30", "1e39", "1e-46", "0"],
+    "--init-scale": ["0.5", "1e30", "1e39"],
+    "--weight-noise": ["0", "0.1", "1e39"],
+    "--l2": ["0", "0.01", "1e39"],
+    "--generations": ["0", "1", "2", "-3"],
+    "--init-mean": ["defaults", "zero", "delta", "normal"],
+    "--rule-rec": ["hebb", "oja", "delta"],
+    "--outer": ["es", "gradient"],
+    "--grad-lr": ["0.01", "1e39"],
+    "--pop": ["4", "5"],
+}
+DIRECTORIES = ("new", "user", "finished")
+MODES = ((), ("--resume",), ("--overwrite",))
+
+
+def draw_es_flags(rng: random.Random) -> list[str]:
+    """Two to four flags of `VALUES`, each with one of its values."""
+    flags = []
+    for flag in rng.sample(sorted(VALUES), rng.randint(2, 4)):
+        flags += [flag, rng.choice(VALUES[flag])]
+    if "--pop" not in flags and "--outer" not in flags:
+        flags += ["--pop", "4"]
+    return flags
+
+
+def draw_sweep_flags(rng: random.Random) -> tuple[list[str], list[str]]:
+    """``(--vary flags, the cells' flags)``: an axis of one `VALUES` flag (values that may
+    repeat), and one or two more flags for every cell."""
+    flag = rng.choice(["--lr", "--sigma", "--init-scale", "--l2", "--init-mean", "--rule-rec"])
+    values = rng.sample(VALUES[flag], rng.randint(1, 3))
+    vary = ["--vary", f"{flag.removeprefix('--')}={','.join(values)}"]
+    others = [f for f in ("--weight-noise", "--generations", "--init-mean") if f != flag]
+    cells = []
+    for other in rng.sample(others, rng.randint(0, 2)):
+        cells += [other, rng.choice(VALUES[other])]
+    return vary, ["--pop", "4", *cells]
+
+
+def snapshot(path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and directory (None) under ``path``, by relative path."""
+    tree = {}
+    for root, dirs, names in os.walk(path):
+        for name in dirs:
+            tree[os.path.relpath(os.path.join(root, name), path)] = None
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                tree[os.path.relpath(os.path.join(root, name), path)] = f.read()
+    return tree
+
+
+def outside(tree: dict, out: str, root: str) -> dict:
+    """``tree`` less what lies in the run directory ``out``."""
+    rel = os.path.relpath(out, root)
+    return {k: v for k, v in tree.items() if k != rel and not k.startswith(rel + os.sep)}
+
+
+def prepared_out(kind: str, root, finished: str) -> str:
+    """The run directory of a case: missing, a user's, or a finished es_abcd.py run."""
+    out = os.path.join(root, "out")
+    if kind == "user":
+        os.makedirs(out)
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write("my notes")
+    elif kind == "finished":
+        shutil.copytree(finished, out)
+    return out
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    """``(exit status, stderr lines)`` of a command line run in-process."""
+    try:
+        cli.run(main, argv)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def check_learned_rows(rows: list[dict], history: list[dict], population: int | None) -> None:
+    """The exit-0 half of the property, on one report's rows and its run's history."""
+    learned = rows[0]
+    assert all(math.isfinite(learned[k]) for k in ("test_nll", "test_accuracy")), learned
+    for row in rows:
+        if any(row[k] is None or not math.isfinite(row[k]) for k in ("test_nll",
+                                                                     "test_accuracy")):
+            assert "not finite" in row["note"], row
+    if population is not None and history and all(r["nonfinite"] == population
+                                                  for r in history):
+        assert "starting rule" in learned["note"], learned
+
+
+def check_refused_or_run(status: int, err: list[str], before: dict, after: dict, out: str,
+                         root: str, held_a_run: bool) -> None:
+    """The exit-nonzero half of the property."""
+    assert status == cli.EXIT_USAGE, (status, err)
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert outside(after, out, root) == outside(before, out, root), err
+    if not held_a_run:  # a user's directory, or none: never changed
+        assert after == before, err
+
+
+def history_of(out: str) -> list[dict]:
+    path = os.path.join(out, runs.METRICS)
+    return runs.MetricsLog(path, step_key="generation").read() if os.path.exists(path) else []
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    es_abcd.main([*BASE, "--pop", "4", "--generations", "2", "--out", out])
+    return out
+
+
+def es_case(seed: int, finished: str, root, capsys) -> None:
+    rng = random.Random(seed)
+    flags, kind, mode = draw_es_flags(rng), rng.choice(DIRECTORIES), rng.choice(MODES)
+    with open(os.path.join(root, "thesis.tex"), "w") as f:
+        f.write("three years")
+    out = prepared_out(kind, root, finished)
+    argv = [*BASE, *flags, *mode, "--out", out]
+    before = snapshot(root)
+    status, err = run(es_abcd.main, argv, capsys)
+    after = snapshot(root)
+    if status == 0:
+        with open(os.path.join(out, "report.json")) as f:
+            report = json.load(f)
+        population = None if report["outer"] == "gradient" else int(
+            flags[flags.index("--pop") + 1])
+        check_learned_rows(report["rows"], history_of(out), population)
+        assert outside(after, out, str(root)) == outside(before, out, str(root))
+    else:
+        check_refused_or_run(status, err, before, after, out, str(root),
+                             held_a_run=kind == "finished")
+
+
+def sweep_case(seed: int, finished: str, root, capsys) -> None:
+    rng = random.Random(seed)
+    vary, cells = draw_sweep_flags(rng)
+    kind, mode = rng.choice(DIRECTORIES), rng.choice(MODES)
+    with open(os.path.join(root, "thesis.tex"), "w") as f:
+        f.write("three years")
+    out = prepared_out(kind, root, finished)
+    argv = [*vary, *mode, "--out", out, "--", *BASE, *cells]
+    before = snapshot(root)
+    status, err = run(sweep.main, argv, capsys)
+    after = snapshot(root)
+    if status == 0:
+        with open(os.path.join(out, "results.jsonl")) as f:
+            results = [json.loads(line) for line in f]
+        for result in results:
+            cell = os.path.join(out, "cells", result["cell"])
+            with open(os.path.join(cell, "report.json")) as f:
+                check_learned_rows(json.load(f)["rows"], history_of(cell), 4)
+        assert outside(after, out, str(root)) == outside(before, out, str(root))
+    else:  # a finished es_abcd.py run is not a sweep: refused, unchanged
+        check_refused_or_run(status, err, before, after, out, str(root), held_a_run=False)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_es_abcd_command_lines(seed, finished, tmp_path, capsys):
+    es_case(seed, finished, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sweep_command_lines(seed, finished, tmp_path, capsys):
+    sweep_case(seed, finished, tmp_path, capsys)
+
+
+@pytest.mark.slow  # the same property on 50 more command lines: minutes of tiny runs
+@pytest.mark.parametrize("seed", range(10, 60))
+def test_es_abcd_command_lines_many(seed, finished, tmp_path, capsys):
+    es_case(seed, finished, tmp_path, capsys)
+
+
+@pytest.mark.slow  # the same property on 16 more sweeps
+@pytest.mark.parametrize("seed", range(4, 20))
+def test_sweep_command_lines_many(seed, finished, tmp_path, capsys):
+    sweep_case(seed, finished, tmp_path, capsys)
