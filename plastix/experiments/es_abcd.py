@@ -929,6 +929,12 @@ def progress_line(r: dict, valid_sequences: int | None = None) -> str:
     return f"step {r['step']:5d} | {train} | |g| {grad_norm} | {held_out} | {speed}"
 
 
+def saved_config(cfg: RunConfig) -> dict:
+    """What ``config.json`` holds for ``cfg``: its `runs.config_dict`, and the task's data
+    file (a text corpus) by content, so that a resume refuses a rewritten one."""
+    return runs.with_data_files(runs.config_dict(cfg), [cfg.task.path])
+
+
 def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = None):
     """The run every entry point shares: claim the run directory (``mode``: a
     `runs.claim` mode), refuse a mismatched resume, build the outer loop, write
@@ -937,7 +943,7 @@ def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = N
     Returns ``(outer, history, learned)``: the outer loop (its ``net`` and ``task``), the
     logged records, and the learned parameters on the host.
     """
-    cfg_dict = runs.config_dict(cfg)
+    cfg_dict = saved_config(cfg)
     resume = runs.claim(cfg.out, mode, outputs=REPORT_FILES)
     runs.check_config(cfg.out, cfg_dict, resume, MAY_CHANGE_ON_RESUME, upgrade=upgrade_config)
     outer = make_outer(cfg)
