@@ -15,8 +15,11 @@ appended at that instant, leaves a torn last line that `MetricsLog.read` drops.
 
 Which run a directory holds is never left to chance (`claim`): a new run does not
 start in a directory that holds another unless told to replace it, and a resume refuses a
-directory with nothing to resume, or a checkpoint it cannot read, or a history that does
-not reach its checkpoint. A command line that names no directory gets a new one of its own
+directory with nothing to resume, or a checkpoint it cannot read, or a history that lacks
+a block's record before its checkpoint or holds one twice or out of order (each record
+names the step its block began at: `block_record`, `check_history`), or a data file (a
+corpus) that has changed since the run began (``config.json`` records each by size and
+sha256: `with_data_files`). A command line that names no directory gets a new one of its own
 (`new_run_dir`, as hydra and wandb do), so the same command can be run again and
 again; resuming or replacing a run needs its directory named (`check_named`).
 
@@ -42,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import progress
+from plastix import progress, tasks
 from plastix.checks import FieldError
 from plastix.cli import one_line
 from plastix.rules import Rule
@@ -50,6 +53,10 @@ from plastix.rules import Rule
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.msgpack"
 METRICS = "metrics.jsonl"
+# A block's record carries the step its block began at (`block_record`).
+BLOCK_START = "block_start"
+# The config's entry for the data files a run reads: path -> size and sha256.
+DATA_FILES = "data_files"
 
 
 # --- atomic files ------------------------------------------------------------------------
@@ -474,7 +481,8 @@ def config_diff(saved: Mapping, current: Mapping, may_change: Iterable[str] = ()
     """Dotted paths of the keys (leaves) where ``saved`` and ``current`` differ, less those
     under a ``may_change`` path; a key present in only one of them differs."""
     a, b = _flatten(saved), _flatten(current)
-    may_change = tuple(may_change)
+    # The data files are compared by `changed_data_files`, which says what changed.
+    may_change = (*may_change, DATA_FILES)
     return sorted(k for k in set(a) | set(b)
                   if (k not in a or k not in b or a[k] != b[k]) and not _declared(k, may_change))
 
@@ -499,11 +507,16 @@ def check_config(
       upgrade: maps a saved config of an older layout to the current one.
 
     Raises:
-      ValueError: one line naming the directory and the differing keys.
+      ValueError: one line naming a data file that has changed since the run began
+        (`changed_data_files`), or the directory and the differing keys.
     """
     saved = read_config(run_dir) if resume else None
     if saved is None:
         return
+    changed_files = changed_data_files(saved, cfg_dict)
+    if changed_files:
+        raise ValueError(f"{changed_files[0]}; put the original back or start afresh with "
+                         f"--overwrite")
     if upgrade is not None:
         saved = upgrade(saved)
     changed = config_diff(saved, cfg_dict, may_change)
@@ -512,6 +525,40 @@ def check_config(
             f"{os.fspath(run_dir)} holds a run with a different configuration (differs in: "
             f"{', '.join(changed)}); resume it with the same settings or use another directory"
         )
+
+
+# --- data files ----------------------------------------------------------------------------
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict:
+    """``{"size", "sha256"}`` of a data file a run reads (a path, or a bundled corpus's
+    name: `plastix.tasks.corpus_path`), as a run's config records it
+    (`with_data_files`). Hashed once per version of the file in a process."""
+    return tasks.corpus_fingerprint(os.fspath(path))
+
+
+def with_data_files(cfg_dict: Mapping, paths: Iterable[str | os.PathLike | None]) -> dict:
+    """``cfg_dict`` with the data files at ``paths`` (None: no file) recorded by content
+    under `DATA_FILES`, so that a resume can tell a file rewritten under the same path
+    (`check_config`)."""
+    files = {os.fspath(p): file_fingerprint(p) for p in paths if p is not None}
+    return {**cfg_dict, DATA_FILES: files} if files else dict(cfg_dict)
+
+
+def changed_data_files(saved: Mapping, current: Mapping) -> list[str]:
+    """One line for each data file that both configs record whose size or sha256 differ
+    (a config from before files were recorded records none: nothing to compare)."""
+    before, now = saved.get(DATA_FILES) or {}, current.get(DATA_FILES) or {}
+    lines = []
+    for path in sorted(set(before) & set(now)):
+        old, new = before[path], now[path]
+        differ = [k for k in ("size", "sha256") if old.get(k) != new.get(k)]
+        if differ:
+            lines.append(f"{path} has changed since the run began ({' and '.join(differ)} "
+                         f"differ{'s' if len(differ) == 1 else ''}): it was {old.get('size')} "
+                         f"bytes with sha256 {str(old.get('sha256'))[:12]}..., it is "
+                         f"{new['size']} bytes with sha256 {new['sha256'][:12]}...")
+    return lines
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -631,11 +678,53 @@ class MetricsLog:
         return kept
 
 
-def check_history(log: MetricsLog, step: int, total: int | None = None) -> None:
-    """Refuse to resume from a checkpoint at ``step`` unless ``log`` holds the history up
-    to it (its last record at or before ``step`` is at ``step``), and unless the run is
-    to last at least that long (``total``): either would give a run with records missing,
-    or an old result passed off as the one asked for."""
+def block_record(record: Mapping, first: int, step_key: str = "step") -> dict:
+    """``record``, the record of a block that began at step ``first``, with that step
+    under `BLOCK_START` (after the step the block reached): what lets a resume check that
+    no block of the history is missing (`check_history`), whatever block sizes the run
+    was logged in."""
+    return {step_key: record[step_key], BLOCK_START: int(first), **record}
+
+
+def history_break(records: Iterable[Mapping], step_key: str = "step",
+                  kind: str = "") -> str | None:
+    """Where a series of block records (oldest first, the first block beginning at step
+    0) stops following on from itself, said as the end of a sentence about the file
+    (``kind``, e.g. "valid ", names the series); None if every block is there, once, in
+    order.
+
+    A record at or before the one above it is out of order or logged twice; a record
+    whose block (`BLOCK_START`) does not begin where the one above it ended leaves a
+    gap. Records logged before blocks carried their start are checked for order alone.
+    """
+    records = list(records)
+    for above, record in itertools.pairwise(records):
+        step, last = record[step_key], above[step_key]
+        if step == last:
+            return f"logs the {kind}record of {step_key} {step} twice"
+        if step < last:
+            return (f"logs the {kind}record of {step_key} {step} after that of {step_key} "
+                    f"{last} (records out of order)")
+    last = 0
+    for record in records:
+        first = record.get(BLOCK_START)
+        if first is not None and first > last:
+            return f"has no {kind}record of {step_key}s {last + 1} to {first}"
+        if first is not None and first < last:
+            return (f"logs a {kind}record of {step_key}s {first + 1} to {record[step_key]} "
+                    f"that overlaps the one before it (to {last})")
+        last = record[step_key]
+    return None
+
+
+def check_history(log: MetricsLog, step: int, total: int | None = None,
+                  split: str | None = None) -> None:
+    """Refuse to resume from a checkpoint at ``step`` unless ``log`` holds the whole
+    history up to it: every block's record once, in order, without a gap
+    (`history_break`), the last at ``step``; and unless the run is to last at least that
+    long (``total``). Either would give a run with records missing, or an old result
+    passed off as the one asked for. With ``split`` the blocks are the records whose
+    "split" is that (the training records of a log that holds evaluations too)."""
     if total is not None and step > total:
         raise ValueError(f"{os.path.dirname(log.path) or '.'}: the checkpoint is at "
                          f"{log.step_key} {step}, past the {total} asked for; ask for at "
@@ -643,6 +732,12 @@ def check_history(log: MetricsLog, step: int, total: int | None = None) -> None:
     if step == 0:
         return
     records = log.read(upto_step=step)
+    if split is not None:
+        records = [r for r in records if r.get("split") == split]
+    broken = history_break(records, log.step_key, f"{split} " if split else "")
+    if broken is not None:
+        raise ValueError(f"{log.path} {broken}: the run's history is damaged; start afresh "
+                         f"with --overwrite")
     last = records[-1][log.step_key] if records else None
     if last != step:
         where = "is missing" if not os.path.exists(log.path) else (
@@ -672,7 +767,8 @@ def run_blocks(
     one checkpoint per block.
 
     ``advance(state, first, count) -> (state, record)`` runs steps ``first .. first+count-1``
-    and describes them in ``record`` (which carries the step reached under ``step_key``).
+    and describes them in ``record`` (which carries the step reached under ``step_key``;
+    the loop adds ``first`` under `BLOCK_START`).
     With ``out_dir`` records go to its ``metrics.jsonl`` and the state to its checkpoint;
     with ``resume`` the loop restarts from that checkpoint (read into ``state``'s
     structure, then ``place``d) and drops the records logged after it, so it ends exactly
@@ -719,6 +815,7 @@ def run_blocks(
                 break
             count = min(log_every, total - step)
             state, record = advance(state, step, count)
+            record = block_record(record, step, step_key)
             step += count
             history.append(record)
             if log is not None:

@@ -466,8 +466,28 @@ def corpus_path(corpus: str) -> str:
 def corpus_sha256(corpus: str) -> str:
     """The sha256 of a corpus's bytes (a bundled corpus's name or a path), to record which
     text a result was computed on."""
-    with open(corpus_path(corpus), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return corpus_fingerprint(corpus)["sha256"]
+
+
+def corpus_fingerprint(corpus: str) -> dict:
+    """``{"size": bytes, "sha256": hex}`` of a corpus (a bundled corpus's name or a path)
+    or any data file. The hash is computed once per version of the file (its inode,
+    size and times) in a process, so the many runs of a sweep over one corpus read it
+    once."""
+    stat = os.stat(corpus_path(corpus))
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return {"size": stat.st_size,
+            "sha256": _file_sha256(os.path.abspath(corpus_path(corpus)), version)}
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, version: tuple) -> str:
+    del version  # a part of the cache key only: a rewritten file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tfds_cut(text: str) -> dict[str, str]:

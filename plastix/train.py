@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -86,7 +86,7 @@ class TrainConfig:
         # A resumed run must restart at a logging boundary, or its first logged window of
         # training metrics would average fewer steps than the straight run's; and every
         # checkpoint then follows the training record of its own step, which is what lets
-        # a resume check that the history reaches the checkpoint (`runs.check_history`).
+        # a resume check that the history reaches the checkpoint (`check_history`).
         if self.checkpoint_every % self.log_every:
             raise checks.FieldError(
                 "checkpoint_every", f"({self.checkpoint_every}) must be a multiple of "
@@ -216,9 +216,11 @@ def make_evaluate(model, task, batch_size: int, num_batches: int) -> Callable:
 
 
 def run_config(model, task, config: TrainConfig, experiment: Mapping | None = None,
-               masking: masks.HebbianMasking | None = None) -> dict:
+               masking: masks.HebbianMasking | None = None,
+               data_files: Iterable[str] = ()) -> dict:
     """What defines a run, as saved in ``config.json``: ``{"experiment": ..., "train": ...}``,
-    plus ``"masking"`` (the `plastix.masks.HebbianMasking`) for a masked run.
+    plus ``"masking"`` (the `plastix.masks.HebbianMasking`) for a masked run, and the
+    ``data_files`` the task reads (a text corpus) by content (`runs.with_data_files`).
 
     ``experiment`` describes what built the model and the task (e.g. a model name, its
     hyperparameters and the task's ``tasks.get`` kwargs). Without it they describe
@@ -230,7 +232,7 @@ def run_config(model, task, config: TrainConfig, experiment: Mapping | None = No
     run = {"experiment": experiment, "train": config}
     if masking is not None:  # absent, not null, so that the configs of older runs still match
         run["masking"] = masking
-    return runs.config_dict(run)
+    return runs.with_data_files(runs.config_dict(run), data_files)
 
 
 def _to_floats(metrics: dict) -> dict:
@@ -271,6 +273,7 @@ def fit(
     start: Callable[[TrainState], TrainState] | None = None,
     mode: str = "auto",
     flag: str = "run_dir",
+    data_files: Iterable[str] = (),
     print_fn: Callable[[str], None] = print,
 ) -> TrainState:
     """Train ``model`` on ``task`` for ``config.steps`` steps in ``run_dir``.
@@ -285,8 +288,10 @@ def fit(
     "auto" (the default) continues it, "resume" continues it and refuses a directory
     without one, "new" refuses it, "overwrite" replaces it. A run is continued from its
     checkpoint (or from the start, if it was stopped before its first) only if its saved
-    config equals this run's but for ``steps``, its metrics reach the checkpoint
-    (`runs.check_history`) and the checkpoint is not past ``config.steps``; otherwise
+    config equals this run's but for ``steps`` (and the ``data_files`` the task reads, a
+    corpus, are as they were: `runs.with_data_files`), its metrics hold every record up
+    to the checkpoint (`check_history`) and the checkpoint is not past ``config.steps``;
+    otherwise
     it is refused with a one-line ValueError naming the directory (as ``flag`` names it)
     or the file. A finished run continued with the same ``steps`` returns its state at
     once; with more, it is extended.
@@ -300,7 +305,7 @@ def fit(
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / runs.CHECKPOINT
     continues = runs.check_dir(run_dir, KIND, mode, flag=flag)
-    cfg_dict = run_config(model, task, config, experiment, masking)
+    cfg_dict = run_config(model, task, config, experiment, masking, data_files)
     if continues:
         _check_resumable(run_dir, cfg_dict)
     log = runs.MetricsLog(run_dir / runs.METRICS, step_key="step")
@@ -310,7 +315,7 @@ def fit(
     state = init_state(init_key, model, example_inputs(task), optimizer)
     if continues and checkpoint_path.exists():
         state, step = runs.load_checkpoint(checkpoint_path, state)
-        runs.check_history(log, step, config.steps)
+        check_history(log, step, config)
         print_fn(f"resumed from {checkpoint_path} at step {step} of {config.steps}")
     else:
         if continues:
@@ -320,7 +325,11 @@ def fit(
     # Only now, every check passed: a refused run leaves the directory as it was.
     runs.take_dir(run_dir, KIND, mode)
     runs.write_config(run_dir, cfg_dict)
-    log.truncate_to(int(state.step))  # the resumed run logs later steps again
+    kept = log.truncate_to(int(state.step))  # the resumed run logs later steps again
+    # Where the next records' blocks begin (`runs.block_record`): the checkpoint's step,
+    # which is a logging step, and the last evaluation's.
+    logged = int(state.step)
+    evaluated = max((r["step"] for r in kept if r.get("split") == "valid"), default=0)
 
     train_step, evaluate = _compiled_functions(model, task, config, masking)
 
@@ -335,7 +344,9 @@ def fit(
                 mean = _to_floats(jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m)),
                                                          *window))
                 rate = len(window) / (time.perf_counter() - window_start)
-                log.append({"step": step, "split": "train", **mean, "steps_per_s": rate})
+                log.append(runs.block_record({"step": step, "split": "train", **mean,
+                                              "steps_per_s": rate}, logged))
+                logged = step
                 sparse = f"  sparsity {mean['sparsity']:.3f}" if masking is not None else ""
                 with bar.above():
                     print_fn(f"step {step:>7}  loss {mean['loss']:.4f}  acc "
@@ -345,7 +356,9 @@ def fit(
             if step % config.eval_every == 0 or step == config.steps:
                 valid = _to_floats(evaluate(effective_params(state, masking), eval_key,
                                             "valid"))
-                log.append({"step": step, "split": "valid", **valid})
+                log.append(runs.block_record({"step": step, "split": "valid", **valid},
+                                             evaluated))
+                evaluated = step
                 with bar.above():
                     print_fn(f"step {step:>7}  valid loss {valid['loss']:.4f}"
                              f"  acc {valid['accuracy']:.4f}")
@@ -356,6 +369,25 @@ def fit(
             if step % config.checkpoint_every == 0 or step == config.steps:
                 runs.save_checkpoint(checkpoint_path, state, step)
     return state
+
+
+def check_history(log: runs.MetricsLog, step: int, config: TrainConfig) -> None:
+    """Refuse to resume from a checkpoint at ``step`` unless ``log`` holds the whole history
+    up to it: the training record of every logged window (`runs.check_history`), and the
+    validation record of every evaluation, each once and in order, the last of them at
+    the last evaluation due by ``step`` (at ``step`` itself if it ended a run, as a
+    checkpoint off the checkpoint grid does). One-line ValueError naming the file."""
+    runs.check_history(log, step, config.steps, split="train")
+    if step == 0:
+        return
+    valid = [r for r in log.read(upto_step=step) if r.get("split") == "valid"]
+    broken = runs.history_break(valid, "step", "valid ")
+    due = step if step % config.checkpoint_every else step - step % config.eval_every
+    if broken is None and due and (valid[-1]["step"] if valid else 0) < due:
+        broken = f"has no valid record of step {due}"
+    if broken is not None:
+        raise ValueError(f"{log.path} {broken}: the run's history is damaged; start afresh "
+                         f"with --overwrite")
 
 
 def _check_resumable(run_dir: Path, cfg_dict: dict) -> None:

@@ -941,13 +941,19 @@ def progress_line(r: dict, valid_sequences: int | None = None) -> str:
     return f"step {r['step']:5d} | {train} | |g| {grad_norm} | {held_out} | {speed}"
 
 
+def saved_config(cfg: RunConfig) -> dict:
+    """What ``config.json`` holds for ``cfg``: its `runs.config_dict`, and the task's data
+    file (a text corpus) by content, so that a resume refuses a rewritten one."""
+    return runs.with_data_files(runs.config_dict(cfg), [cfg.task.path])
+
+
 def check_run(cfg: RunConfig, mode: str = "new") -> bool:
     """Check everything a run needs before any file is written, so that a refused run
     leaves its directory as it was: the directory (`runs.check_dir`; ``cfg.out`` None is
     a new one), a resume's saved config, and the outer loop, built and its lifetime traced
     (`make_outer`). Returns whether the run continues from what the directory holds."""
     resume = False if cfg.out is None else runs.check_dir(cfg.out, KIND, mode)
-    runs.check_config(cfg.out, runs.config_dict(cfg), resume, MAY_CHANGE_ON_RESUME,
+    runs.check_config(cfg.out, saved_config(cfg), resume, MAY_CHANGE_ON_RESUME,
                       upgrade=upgrade_config)
     make_outer(cfg)
     return resume
@@ -961,7 +967,7 @@ def run_outer(cfg: RunConfig, mode: str = "new", time_budget_s: float | None = N
     Returns ``(outer, history, learned)``: the outer loop (its ``net`` and ``task``), the
     logged records, and the learned parameters on the host.
     """
-    cfg_dict = runs.config_dict(cfg)
+    cfg_dict = saved_config(cfg)
     resume = check_run(cfg, mode)
     outer = make_outer(cfg)
     print(describe(cfg, outer), flush=True)

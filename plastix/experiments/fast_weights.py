@@ -99,6 +99,7 @@ def train_run(run_dir: Path, experiment: dict, config: train.TrainConfig, mode: 
     model, task = build(experiment)
     tag = run_dir.name
     return train.fit(model, task, config, run_dir, experiment=experiment, mode=mode, flag=flag,
+                     data_files=[experiment["task"].get("path")],  # the text task's corpus
                      print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
 
 

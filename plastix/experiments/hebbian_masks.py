@@ -421,14 +421,15 @@ def fit_and_score(args, part: str, name: str, method: dict, seed: int, fold: int
     run_dir = run_dir_of(args, part, name, seed, fold)
     model, task, description = part_setup(args, part, fold)
     config = train_config(args, part, seed)
+    data_files = [description["task"].get("path")]  # the lm part's corpus
     if (done := read_result(run_dir)) is not None:
         # A run finished under other settings is refused, never reported as this one.
         runs.check_config(run_dir, train.run_config(model, task, config, {
-            **description, "method": method}, masking), resume=True)
+            **description, "method": method}, masking, data_files), resume=True)
         return done
     tag = f"{part}/{os.path.basename(run_dir)}"
     state = train.fit(model, task, config, run_dir, experiment={**description, "method": method},
-                      masking=masking, start=start,
+                      masking=masking, start=start, data_files=data_files,
                       print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
     result = {"part": part, "seed": seed, "fold": fold, **method,
               "seconds": training_seconds(run_dir, config.log_every),
@@ -478,6 +479,7 @@ def _save_half(args, part: str, seed: int, fold: int | None, run_dir: str) -> No
     tag = f"{part}/{os.path.basename(run_dir)}"
     state = train.fit(model, task, dataclasses.replace(config, steps=half), run_dir,
                       experiment={**description, "method": {"method": "dense"}},
+                      data_files=[description["task"].get("path")],
                       print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
     runs.save_checkpoint(half_path(args, part, seed, fold), state, half)
 

@@ -233,9 +233,10 @@ def run_group(cells: list[Cell], on_block) -> list[dict]:
         for i, cell in enumerate(cells):
             if steps[i] >= total:  # ahead of the group after a kill: already at its end
                 continue
-            record = evolve.block_record(
+            record = runs.block_record(evolve.block_record(
                 evolution, steps[i] + count, {k: v[i] for k, v in metrics.items()},
-                (valid[0][i], valid[1][i]), seconds, lifetimes=count * lifetimes_per_generation)
+                (valid[0][i], valid[1][i]), seconds, lifetimes=count * lifetimes_per_generation),
+                steps[i], "generation")
             if writes():
                 runs.MetricsLog(os.path.join(cell.cfg.out, runs.METRICS),
                                 step_key="generation").append(record)
@@ -260,7 +261,7 @@ def resume_cells(cells: list[Cell], states) -> tuple[object, list[int]]:
         state, step = jax.tree.map(lambda x: x[i], states), 0
         if writes():
             resume = runs.claim(cell.cfg.out, es_abcd.KIND, "auto")
-            cfg_dict = runs.config_dict(cell.cfg)
+            cfg_dict = es_abcd.saved_config(cell.cfg)
             runs.check_config(cell.cfg.out, cfg_dict, resume, es_abcd.MAY_CHANGE_ON_RESUME,
                               upgrade=es_abcd.upgrade_config)
             ckpt = os.path.join(cell.cfg.out, runs.CHECKPOINT)
@@ -302,9 +303,10 @@ def finished_row(cell: Cell) -> dict | None:
     report = os.path.join(cell.cfg.out, "report.json")
     if not (os.path.exists(report) and os.path.exists(os.path.join(cell.cfg.out, runs.CONFIG))):
         return None
-    saved = runs.read_config(cell.cfg.out)
-    if runs.config_diff(saved, runs.config_dict(cell.cfg), ("out", "plots", "report")):
-        return None
+    saved, current = runs.read_config(cell.cfg.out), es_abcd.saved_config(cell.cfg)
+    if runs.config_diff(saved, current, ("out", "plots", "report")) or \
+            runs.changed_data_files(saved, current):
+        return None  # run (resumed) again: a changed data file is refused there, by name
     if runs.checkpoint_step(os.path.join(cell.cfg.out, runs.CHECKPOINT)) != cell.cfg.generations:
         return None
     with open(report) as f:

@@ -394,6 +394,14 @@ def read_result(args, cell_dir: str, settings: dict) -> dict | None:
         return None
     with open(path) as f:
         result = json.load(f)
+    # The corpus it was computed on, by content (results from before it was recorded
+    # name none): one rewritten under the same path gives other windows and scores.
+    if "corpus" in result:
+        changed = runs.changed_data_files({runs.DATA_FILES: {args.corpus: result["corpus"]}},
+                                          {runs.DATA_FILES: {args.corpus: corpus_file(args)}})
+        if changed:
+            raise ValueError(f"{changed[0]}; {cell_dir} holds a result computed on the "
+                             f"original: put it back or choose another --out")
     expected = {**settings, "scored windows": {str(n): windows_at(args, n) for n in args.lengths}}
     found = {**{key: result.get(key) for key in settings}, "scored windows": {
         length: next(iter_summaries(rows))["windows"]
@@ -413,8 +421,14 @@ def iter_summaries(rows: dict):
         yield from rows.values()
 
 
-def write_result(cell_dir: str, result: dict) -> dict:
+def corpus_file(args) -> dict:
+    """The corpus's size and sha256 (`runs.file_fingerprint`), which every result records."""
+    return runs.file_fingerprint(args.corpus)
+
+
+def write_result(args, cell_dir: str, result: dict) -> dict:
     os.makedirs(cell_dir, exist_ok=True)
+    result = {**result, "corpus": corpus_file(args)}
     runs.write_json(os.path.join(cell_dir, "result.json"), result)
     return result
 
@@ -448,7 +462,7 @@ def ngram_cell(args) -> dict:
         rows["train-fitted interpolated"] = summary(
             -np.log(fitted_probs @ np.array(fitted.weights)), edges)
         result["lengths"][str(length)] = rows
-    return write_result(cell_dir, result)
+    return write_result(args, cell_dir, result)
 
 
 def cell_flags(args, cell: Cell, seed: int, out: str) -> list[str]:
@@ -501,7 +515,7 @@ def meta_cell(args, cell: Cell, seed: int, probe_token: int) -> dict:
     outer, history, params = es_abcd.run_outer(cfg, mode="auto")  # a killed cell resumes
     seconds = time.perf_counter() - began
     n_params = sum(np.size(x) for x in jax.tree.leaves(params))
-    return write_result(cell_dir, {
+    return write_result(args, cell_dir, {
         "cell": dataclasses.asdict(cell), "seed": seed, "flags": flags,
         "seconds": seconds, "loop_seconds": sum(r["seconds"] for r in history),
         "updates": cfg.generations, "learned_parameters": int(n_params),
@@ -704,7 +718,7 @@ def sparse_cell(args, cell: SparseCell, probe_token: int, fixed: dict | None) ->
     # Scores alone: the part plots no dynamics, and the readout row across the lifetime of
     # a 4,096-unit layer would make each result 0.8 MB.
     scores = score_plastic(args, None, None, probe_token, per_length=at)["lengths"]
-    return write_result(cell_dir, {
+    return write_result(args, cell_dir, {
         **settings, "choices": choices, "select_seconds": chosen - began,
         "seconds": time.perf_counter() - began, "lengths": scores})
 
@@ -755,7 +769,7 @@ def counted_cell(args, cell: dict, settings: dict, choose, test_nll) -> dict | N
         inputs, targets, _ = split_windows(args, length)
         scores[str(length)] = summary(test_nll(inputs, targets, vocab, choice),
                                       curve_edges(length))
-    return write_result(cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
+    return write_result(args, cell_dir, {**settings, "choices": choices, "select_seconds": 0.0,
                                    "seconds": time.perf_counter() - began, "lengths": scores})
 
 
@@ -857,13 +871,13 @@ def backprop_cell(args, name: str, label: str, model, seed: int, steps: int, bat
                                log_every=every, eval_every=every * 5,
                                checkpoint_every=every * 5, eval_batches=8)
     began = time.perf_counter()
-    state = train.fit(model, task, config, cell_dir,
+    state = train.fit(model, task, config, cell_dir, data_files=[args.corpus],
                       print_fn=lambda line: print(f"[{tag}] {line}", flush=True))
     seconds = time.perf_counter() - began
     valid_nll = float(train.make_evaluate(model, task, 64, 16)(
         state.params, jax.random.key(VALID_SEED), "valid")["loss"])
     n_params = sum(np.size(x) for x in jax.tree.leaves(state.params))
-    return write_result(cell_dir, {
+    return write_result(args, cell_dir, {
         "name": name, "label": label, "seed": seed, "lr": lr, "steps": steps,
         "batch": batch, "seconds": seconds, "valid_bits": valid_nll / LN2,
         "learned_parameters": int(n_params), **score_backprop(args, model, state.params)})
