@@ -17,6 +17,17 @@ two can never disagree.
 
 Every number is finite: NaN and infinity are never a valid setting. A count that may be 0
 says so (``integer(at_least=0)``); nothing is silently raised to a floor.
+
+A real number is checked as the float32 the program computes with (`as_float32`): it
+must be finite there, and its limits must hold there too. 1e39 is finite in Python and
+infinite in float32; 1e-46 is above 0 in Python and 0 in float32:
+
+    >>> LR.check("lr", 1e39)
+    Traceback (most recent call last):
+    FieldError: lr must be a finite number > 0 in float32 (at most 3.40282e+38 in magnitude), got 1e+39
+    >>> LR.check("lr", 1e-46)
+    Traceback (most recent call last):
+    FieldError: lr must be a finite number > 0 in float32 (1e-46 is 0 there; its smallest normal number is 1.17549e-38), got 1e-46
 """
 
 from __future__ import annotations
@@ -27,6 +38,11 @@ import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
+
+# The dtype every real setting is computed in: a value is checked as it will be there.
+FLOAT32 = np.finfo(np.float32)
 
 
 class FieldError(ValueError):
@@ -46,6 +62,22 @@ class FieldError(ValueError):
                           None if self.other is None else name_of(self.other))
 
 
+def as_float32(value: float) -> float:
+    """``value`` as the float32 the program computes with (a Python float): infinite past
+    float32's range, and 0 below its smallest normal number (1.2e-38), where XLA flushes
+    subnormal numbers to zero (``jnp.float32(1e-40) > 0`` is False)."""
+    with np.errstate(over="ignore"):
+        x = float(np.float32(value))
+    return 0.0 if abs(x) < FLOAT32.tiny else x
+
+
+class Diverged(ValueError):
+    """A run whose learned parameters, or the figures that score them, ended non-finite
+    (or that never learned: no step of its outer loop had a finite result): its settings
+    made it diverge. Raised after the run has written its report, which says so; the
+    command line prints it as one ``error:`` line."""
+
+
 class MissingDependency(ImportError):
     """An optional package that a feature needs is not installed; the message names the
     feature and the ``pip install`` that brings it (a user's mistake, told in one line)."""
@@ -55,11 +87,16 @@ class MissingDependency(ImportError):
 class Bound:
     """The numbers a setting may take: integers or finite reals, within optional limits.
 
+    A real is checked twice: as given, and as the float32 the program computes with
+    (`as_float32`), where it must still be finite and within the limits.
+
     Attributes:
       integer: only integers (bools are refused: ``True`` is not a count).
       low, high: the limits (None: unbounded on that side).
       low_open, high_open: the limit itself is excluded.
       optional: None is valid too (the setting's "not set").
+      why: what the limits are for, where the setting's role sets them (a value that is
+        inverted or exponentiated); said in the error.
     """
 
     integer: bool = False
@@ -68,9 +105,13 @@ class Bound:
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
+    why: str = ""
 
     def describe(self) -> str:
         """The bound in words: "an integer >= 1", "a finite number in (0, 1]"."""
+        return self._limits() + (f" ({self.why})" if self.why else "")
+
+    def _limits(self) -> str:
         what = "an integer" if self.integer else "a finite number"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
@@ -82,22 +123,46 @@ class Bound:
         return what
 
     def holds(self, value: Any) -> bool:
+        return self.problem(value) is None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is outside the bound ("must be ..."), or None if it is within."""
         if value is None:
-            return self.optional
+            return None if self.optional else self._must()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
+            return self._must()
         if self.integer and not isinstance(value, numbers.Integral):
-            return False
+            return self._must()
+        if not self._within(value):
+            return self._must()
+        if self.integer:
+            return None
+        computed = as_float32(value)
+        if not math.isfinite(computed):
+            return self._must(f"at most {_num(FLOAT32.max)} in magnitude")
+        if not self._within(computed):
+            return self._must(f"{float(value)!r} is {_num(computed)} there"
+                              + (f"; its smallest normal number is {_num(FLOAT32.tiny)}"
+                                 if computed == 0 else ""))
+        return None
+
+    def _within(self, value) -> bool:
         if not math.isfinite(value):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
+    def _must(self, in_float32: str | None = None) -> str:
+        if in_float32 is None:
+            return f"must be {self.describe()}"
+        return f"must be {self._limits()} in float32 ({'; '.join(filter(None, (in_float32, self.why)))})"
+
     def check(self, name: str, value: Any) -> Any:
         """``value`` if it is within the bound, else `FieldError` naming ``name``."""
-        if not self.holds(value):
-            raise FieldError(name, f"must be {self.describe()}, got {value!r}")
+        problem = self.problem(value)
+        if problem is not None:
+            raise FieldError(name, f"{problem}, got {value!r}")
         return value
 
     def parse(self, text: str) -> int | float:
@@ -108,8 +173,9 @@ class Bound:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"must be {self.describe()}, got {text!r}") from None
-        if not self.holds(value):
-            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}")
+        problem = self.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
         return value
 
     def __call__(self, text: str) -> int | float:
@@ -128,14 +194,16 @@ def integer(at_least: int | None = None, at_most: int | None = None,
 
 def number(above: float | None = None, at_least: float | None = None,
            below: float | None = None, at_most: float | None = None,
-           optional: bool = False) -> Bound:
+           optional: bool = False, why: str = "") -> Bound:
     """Finite reals, with at most one lower limit (``above`` excludes it, ``at_least``
-    includes it) and one upper (``below`` / ``at_most``)."""
+    includes it) and one upper (``below`` / ``at_most``); ``why``: what the limits are for,
+    where the setting's role sets them."""
     if above is not None and at_least is not None or below is not None and at_most is not None:
         raise TypeError("give one lower and one upper limit at most")
     return Bound(low=above if above is not None else at_least,
                  high=below if below is not None else at_most,
-                 low_open=above is not None, high_open=below is not None, optional=optional)
+                 low_open=above is not None, high_open=below is not None, optional=optional,
+                 why=why)
 
 
 # The bounds most settings take.

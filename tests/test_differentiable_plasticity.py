@@ -126,7 +126,7 @@ def test_backpropamine_clips_the_trace(name):
         hebb = np.abs(np.asarray(state.hebb))
         assert hebb.max() == pytest.approx(clip) and np.all(hebb <= clip)
         np.testing.assert_allclose(w, w0 + coeffs["alpha"] * state.hebb, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="clip must be positive"):
+    with pytest.raises(ValueError, match="clip must be a finite number > 0"):
         rules.get(name, clip=0.0)
 
 

@@ -296,6 +296,7 @@ def test_overwrite_replaces_the_run_and_its_outputs(finished, tmp_path):
 def test_zero_generations_reports_the_starting_point(tmp_path):
     rows = es_abcd.main(TINY + ["--generations", "0", "--out", str(tmp_path / "run")])
     assert rows[0]["model"] == "evolved rule" and _metrics_lines(str(tmp_path / "run")) == []
+    assert rows[0]["note"] == "no generation ran: this is the starting rule"
 
 
 def test_a_generation_without_a_finite_member_says_so():

@@ -793,9 +793,9 @@ def test_bad_hyperparameters_fail():
         rules.krotov(k=5).update({"eta": jnp.zeros(())}, (), *_example()[:3])
     with pytest.raises(ValueError, match="hebbian_mask"):
         rules.hebbian_mask(prune_below=1.0, regrow_above=0.0)
-    with pytest.raises(ValueError, match="rls: alpha must be > 0"):
+    with pytest.raises(ValueError, match="rule 'rls': alpha must be a finite number > 0"):
         rules.rls(alpha=0.0)
-    with pytest.raises(ValueError, match=r"rls: forget must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"'rls': forget must be a finite number in \(0, 1\]"):
         rules.rls(forget=1.5)
 
 

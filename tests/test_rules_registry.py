@@ -363,10 +363,10 @@ def test_nested_wrapper_names_split_at_their_own_commas():
     ("rls(alpha=fast)", r"expected rls\(<name>=<number>"),
     ("rls(alpha=0.1", r"expected rls\(<name>=<number>"),
     ("rls(beta=1)", r"rls has no hyperparameter beta; it takes \['alpha', 'forget'\]"),
-    ("rls(alpha=0)", "rls: alpha must be > 0"),
+    ("rls(alpha=0)", "rule 'rls': alpha must be a finite number > 0"),
     ("modulated(hebb, fast)", "must be numbers"),
     ("modulated(hebb", r"expected modulated\(<rule>"),
-    ("modulated(hebb, 1.5)", r"trace_decay must be in \[0, 1\)"),
+    ("modulated(hebb, 1.5)", r"trace_decay must be a finite number in \[0, 1\)"),
 ])
 def test_bad_wrapped_rule_names_are_named(name, message):
     with pytest.raises(ValueError, match=message):

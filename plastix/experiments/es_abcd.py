@@ -647,13 +647,15 @@ def result_row(label: str, nll: float, accuracy: float, note: str = "") -> dict:
 
 
 def build_report(outer, evolved_params: dict, eval_batch: int,
-                 label: str = "evolved rule", baselines: bool = True) -> list[dict]:
-    """Held-out (test split) comparison of the learned rule (``label``) with the baselines
-    (without ``baselines``: its row alone); ``outer`` is the run's `evolve.Evolution` or
-    `metagrad.MetaGradient`.
+                 label: str = "evolved rule", baselines: bool = True,
+                 note: str = "") -> list[dict]:
+    """Held-out (test split) comparison of the learned rule (``label``, its row's
+    ``note``) with the baselines (without ``baselines``: its row alone); ``outer`` is the
+    run's `evolve.Evolution` or `metagrad.MetaGradient`.
 
     Hand rules take their best eta/decay on the validation split, then are
-    scored on the test split like everything else.
+    scored on the test split like everything else. A row whose figures are not finite
+    says so in its note.
     """
     net, task = outer.net, outer.task
     test_key = jax.random.key(TEST_KEY)
@@ -662,9 +664,9 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
         return result_row(label, *score(row_net, task, params, test_key, "test", eval_batch),
                           note)
 
-    rows = [row(label, net, evolved_params)]
+    rows = [row(label, net, evolved_params, note)]
     if not baselines:
-        return rows
+        return noted_nonfinite(rows)
     rows.append(row("plasticity off", net.frozen(), {"coeffs": {}, **_w0(evolved_params)}))
     draws = [score(net, task, random_coefficients(evolved_params, jax.random.key(1000 + i)),
                    test_key, "test", eval_batch) for i in range(RANDOM_COEFF_DRAWS)]
@@ -679,7 +681,24 @@ def build_report(outer, evolved_params: dict, eval_batch: int,
                  "note": f"median of {RANDOM_COEFF_DRAWS} draws U(-1,1); {int((~finite).sum())} diverged"})
     for label, hand_net, params, setting in best_hand_rules(net, task, eval_batch):
         rows.append(row(label, hand_net, params, note=f"best on valid: {setting}"))
-    return rows + ngram_rows(task, eval_batch=eval_batch)
+    return noted_nonfinite(rows + ngram_rows(task, eval_batch=eval_batch))
+
+
+FIGURES = ("test_nll", "test_bits", "test_accuracy")
+
+
+def finite_row(row: dict) -> bool:
+    """Whether every figure of a report row is a finite number."""
+    return all(row[key] is not None and math.isfinite(row[key]) for key in FIGURES)
+
+
+def noted_nonfinite(rows: list[dict]) -> list[dict]:
+    """``rows``, each whose figures are not all finite saying so in its note (its
+    lifetimes diverged on the test split), unless the note says so already."""
+    diverge = "not finite: its test lifetimes diverge"
+    return [row if finite_row(row) or "not finite" in row["note"] else
+            {**row, "note": "; ".join(filter(None, (row["note"], diverge)))}
+            for row in rows]
 
 
 def best_hand_rules(net, task, eval_batch: int,
@@ -784,9 +803,13 @@ def format_report(rows: list[dict], task, test_sequences: int) -> str:
              "| model | test NLL (nats) | bits/token | accuracy | note |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['test_nll']:.4f} | {r['test_bits']:.4f} | "
-                     f"{r['test_accuracy']:.4f} | {r['note']} |")
+        lines.append(f"| {r['model']} | {_figure(r['test_nll'])} | {_figure(r['test_bits'])} | "
+                     f"{_figure(r['test_accuracy'])} | {r['note']} |")
     return "\n".join(lines)
+
+
+def _figure(x: float | None) -> str:
+    return "not finite" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
 # --- plots --------------------------------------------------------------------------
@@ -858,12 +881,61 @@ def write_report(cfg: RunConfig, task, net, rows: list[dict], learned: dict,
     if pattern is not None:
         report += "\n\n" + pattern
     runs.write_text(os.path.join(cfg.out, "report.md"), report + "\n")
+    # A figure that is not finite is null (JSON has no NaN); its row's note says why.
+    json_rows = [{**row, **{key: evolve.finite_or_none(row[key]) for key in FIGURES
+                            if row[key] is not None}} for row in rows]
     runs.write_json(os.path.join(cfg.out, "report.json"), {
-        "rows": rows, "seconds": seconds, "outer": cfg.outer,
+        "rows": json_rows, "seconds": seconds, "outer": cfg.outer,
         "test_split": {"sequences": cfg.es.eval_batch, "key": TEST_KEY},
         "evolved_coeffs": jax.tree.map(lambda x: np.asarray(x).tolist(), effective)})
     return report, effective
 
+
+def nonfinite_parameters(net, learned: dict) -> list[str]:
+    """The learned parameters, as the rules read them (eta, not log eta), that hold a
+    value that is not finite: ``out.eta`` (a coefficient of W_out), ``w0.rec`` (learned
+    initial weights)."""
+    seen = {**learned, "coeffs": plastic.rule_coeffs(net, learned)}
+    return [".".join(str(getattr(k, "key", k)) for k in path).removeprefix("coeffs.")
+            for path, x in jax.tree_util.tree_leaves_with_path(jax.device_get(seen))
+            if not np.all(np.isfinite(np.asarray(x)))]
+
+
+def _same_parameters(a: dict, b: dict) -> bool:
+    a, b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(a, b))
+
+
+def learned_outcome(cfg: RunConfig, history: list[dict], start: dict, learned: dict,
+                    net) -> tuple[str, str | None]:
+    """``(note, problem)`` of the learned row: its note ("" for a rule that learned),
+    and why the run failed (None if it did not): its learned parameters are not finite,
+    or no step of the outer loop had a finite result, so that nothing was learned.
+
+    ``history``: every logged record of the run; ``start``: where the outer loop started.
+    """
+    step = STEP_NAMES[cfg.outer]
+    diverged = nonfinite_parameters(net, learned)
+    if diverged:
+        problem = f"the learned parameters {', '.join(diverged)} are not finite"
+        return f"{problem}: no rule was learned", problem
+    unchanged = _same_parameters(learned, start)
+    starting = "this is the starting rule" if unchanged else "nothing was learned"
+    if not history:
+        return (f"no {step} ran: this is the starting rule" if unchanged else ""), None
+    done = history[-1]["generation" if cfg.outer == "es" else "step"]
+    failed = sum(record["nonfinite"] for record in history)
+    if cfg.outer == "es" and failed == cfg.es.population * done:
+        problem = (f"no generation had a finite member (all {cfg.es.population} members of "
+                   f"each of the {done} generations diverged)")
+        return f"{problem}: {starting}", problem
+    if cfg.outer == "gradient" and failed == done:
+        problem = f"every update was skipped ({done} of {done} had a loss or gradient not finite)"
+        return f"{problem}: {starting}", problem
+    if unchanged:
+        return f"unchanged by {done} {step}s: this is the starting rule", None
+    return "", None
 
 
 def make_outer(cfg: RunConfig):
@@ -999,15 +1071,22 @@ def main(argv=None) -> list[dict]:
     if cfg.report == "full":  # about 75 held-out scorings: minutes on a wide network
         print(f"report: the learned rule and its baselines on {cfg.es.eval_batch} held-out "
               f"sequences each (--report rule scores the rule alone)", flush=True)
+    start = outer.start if cfg.outer == "gradient" else outer.solution
+    note, problem = learned_outcome(cfg, history, start, learned, net)
     rows = build_report(outer, learned, cfg.es.eval_batch, label=LEARNED_LABELS[cfg.outer],
-                        baselines=cfg.report == "full")
+                        baselines=cfg.report == "full", note=note)
+    if problem is None and not finite_row(rows[0]):
+        problem = "the learned rule's test lifetimes diverge (its test NLL is not finite)"
     report, effective = write_report(cfg, task, net, rows, learned, time.perf_counter() - t0)
     print("\n" + report)
     what = "ES mean" if cfg.outer == "es" else "after the last update"
     print(f"\nlearned coefficients ({what}): {jax.tree.map(summarise, effective)}")
-    if cfg.plots:
+    plots = cfg.plots and problem is None  # nothing finite to draw
+    if plots:
         save_plots(cfg.out, history, outer, learned)
     print(f"\nwrote {cfg.out}/: config.json metrics.jsonl checkpoint.msgpack report.md "
-          f"report.json" + (" fitness.png coefficients.png weights.png" if cfg.plots else ""))
+          f"report.json" + (" fitness.png coefficients.png weights.png" if plots else ""))
+    if problem is not None:
+        raise checks.Diverged(f"the run diverged: {problem}; its report in {cfg.out} says so")
     return rows
 

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from plastix import checks
+
 GRANULARITIES = ("shared", "post", "synapse")
 
 
@@ -383,6 +385,13 @@ def check_coeff_names(name: str, defaults: Mapping[str, np.ndarray], coeffs) -> 
     if not isinstance(coeffs, Mapping) or set(coeffs) != set(defaults):
         got = sorted(coeffs) if isinstance(coeffs, Mapping) else type(coeffs).__name__
         raise ValueError(f"rule {name!r}: coeffs must have keys {sorted(defaults)}, got {got}")
+
+
+def hyperparameter(rule: str, name: str, value: Any, bound: checks.Bound) -> Any:
+    """``value`` if it is within ``bound`` (as the float32 the rule computes with), else
+    `checks.FieldError` naming it as ``rule '<rule>': <name>``: a rule factory checks its
+    hyperparameters where they enter, as the command line checks its flags."""
+    return bound.check(f"rule {rule!r}: {name}", value)
 
 
 def require_mod(name: str, mod, what: str):

@@ -6,7 +6,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from plastix.rules._core import Rule, make_rule, register
+from plastix import checks
+from plastix.rules._core import Rule, hyperparameter, make_rule, register
+
+# |w|^(p - 2) w is 0 * inf = NaN at w = 0 for p < 2.
+KROTOV_P = checks.number(at_least=2, why="|w|^(p-2) must be finite at w = 0")
+KROTOV_K = checks.Bound(integer=True, low=2, why="the rank pushed away")
 
 
 def _instar(eta, w, pre, gate):
@@ -53,6 +58,7 @@ def soft_wta(inverse_temperature: float = 1.0) -> Rule:
       Nowlan, "Maximum likelihood competitive learning", NeurIPS 1990; as used in
       Lagani et al., Neural Networks 143 (2021).
     """
+    hyperparameter("soft_wta", "inverse_temperature", inverse_temperature, checks.number())
 
     def update(coeffs, state, w, pre, post, mod):
         del mod
@@ -75,7 +81,7 @@ def krotov(p: float = 2.0, k: int = 2, anti: float = 0.4) -> Rule:
     to the caller.
 
     Args:
-      p: Lp-norm of the synaptic weights (p = 2: Euclidean).
+      p: Lp-norm of the synaptic weights, >= 2 (p = 2: Euclidean).
       k: rank of the unit that is pushed away (2 <= k <= n_post).
       anti: strength ``Delta`` of the anti-Hebbian push.
 
@@ -83,8 +89,9 @@ def krotov(p: float = 2.0, k: int = 2, anti: float = 0.4) -> Rule:
       Krotov & Hopfield, "Unsupervised learning by competing hidden units",
       PNAS 116 (2019).
     """
-    if k < 2:
-        raise ValueError(f"rule 'krotov': k must be >= 2 (the rank pushed away), got {k}")
+    hyperparameter("krotov", "p", p, KROTOV_P)
+    hyperparameter("krotov", "k", k, KROTOV_K)
+    hyperparameter("krotov", "anti", anti, checks.number())
 
     def update(coeffs, state, w, pre, post, mod):
         del post, mod

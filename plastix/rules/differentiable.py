@@ -41,7 +41,16 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from plastix.rules._core import Rule, as_column, make_rule, outer, register, require_mod
+from plastix import checks
+from plastix.rules._core import (
+    Rule,
+    as_column,
+    hyperparameter,
+    make_rule,
+    outer,
+    register,
+    require_mod,
+)
 
 
 class PlasticTrace(NamedTuple):
@@ -65,8 +74,7 @@ def _plastic_step(alpha, old, new):
 
 
 def _check_clip(name: str, clip: float) -> None:
-    if not 0.0 < clip < float("inf"):
-        raise ValueError(f"{name}: clip must be positive and finite, got {clip}")
+    hyperparameter(name, "clip", clip, checks.RATE)
 
 
 @register

@@ -17,7 +17,24 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from plastix.rules._core import Rule, make_rule, outer, register, require_mod
+from plastix import checks
+from plastix.rules._core import (
+    Rule,
+    hyperparameter,
+    make_rule,
+    outer,
+    register,
+    require_mod,
+)
+
+# rls divides by alpha once (P(0) = I / alpha) and by forget every step: each must be a
+# number whose inverse float32 holds (a float32 above 0 is at least 1.2e-38, so its inverse
+# is at most 8.5e37).
+RLS_ALPHA = checks.number(above=0, why="the prior covariance P(0) = I / alpha must be "
+                                      "finite in float32")
+RLS_FORGET = checks.number(above=0, at_most=1, why="P is divided by forget every step")
+# A running average's step: 1 replaces the average by the newest value.
+AVERAGE_RATE = checks.FRACTION
 
 
 @register
@@ -53,17 +70,16 @@ def rls(alpha: float = 1.0, forget: float = 1.0) -> Rule:
     presynaptic side and is shared by every post neuron.
 
     Args:
-      alpha: the prior precision ``P(0)^-1 = alpha I``, > 0 (large alpha: small first steps).
+      alpha: the prior precision ``P(0)^-1 = alpha I``, > 0 in float32 (large alpha: small
+        first steps).
       forget: the forgetting factor in ``(0, 1]``; 1 remembers every input.
 
     References:
       Haykin, "Adaptive Filter Theory", ch. 10 (RLS); Sussillo & Abbott, "Generating
       coherent patterns of activity from chaotic neural networks", Neuron 63 (2009).
     """
-    if not alpha > 0:
-        raise ValueError(f"rls: alpha must be > 0, got {alpha}")
-    if not 0 < forget <= 1:
-        raise ValueError(f"rls: forget must be in (0, 1], got {forget}")
+    hyperparameter("rls", "alpha", alpha, RLS_ALPHA)
+    hyperparameter("rls", "forget", forget, RLS_FORGET)
 
     def init(w):
         return jnp.eye(w.shape[1], dtype=w.dtype) / alpha
@@ -160,14 +176,17 @@ def err_credit(credit_rate: float = 0.1, post_rate: float = 0.5,
     ignored.
 
     Args:
-      credit_rate: step size of the credit trace (1 / its time constant, in steps).
-      post_rate: step size of the slow post-activity average.
+      credit_rate: step size of the credit trace (1 / its time constant, in steps), in
+        ``[0, 1]``.
+      post_rate: step size of the slow post-activity average, in ``[0, 1]``.
       late_phase: take the error from ``mod``, the late phase (see above).
 
     References:
       O'Reilly et al., the emer/axon framework (github.com/emer/axon), "trace" /
       kinase learning rule: ``DWt = Err * Tr``.
     """
+    hyperparameter("err_credit", "credit_rate", credit_rate, AVERAGE_RATE)
+    hyperparameter("err_credit", "post_rate", post_rate, AVERAGE_RATE)
 
     def init(w):
         return ErrCreditState(jnp.zeros_like(w), jnp.zeros(w.shape[0], w.dtype))

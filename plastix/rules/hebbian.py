@@ -7,7 +7,15 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from plastix.rules._core import Rule, as_column, make_rule, outer, register
+from plastix import checks
+from plastix.rules._core import (
+    Rule,
+    as_column,
+    hyperparameter,
+    make_rule,
+    outer,
+    register,
+)
 
 
 @register
@@ -138,12 +146,13 @@ def covariance(rate: float = 0.01) -> Rule:
     post the expected change is zero.
 
     Args:
-      rate: step size of the running means (1 / time constant in examples).
+      rate: step size of the running means (1 / time constant in examples), in ``[0, 1]``.
 
     References:
       Sejnowski, "Storing covariance with nonlinearly interacting neurons",
       J. Math. Biol. 4 (1977).
     """
+    hyperparameter("covariance", "rate", rate, checks.FRACTION)
 
     def init(w):
         n_post, n_pre = w.shape
@@ -174,12 +183,14 @@ def bcm(rate: float = 0.1) -> Rule:
     than linearly with activity the neuron ends selective to a subset of its inputs.
 
     Args:
-      rate: step size of the threshold's running average (should be faster than eta).
+      rate: step size of the threshold's running average (should be faster than eta), in
+        ``[0, 1]``.
 
     References:
       Bienenstock, Cooper, Munro, J. Neurosci. 2 (1982); threshold as a running
       average of y^2: Intrator & Cooper, Neural Networks 5 (1992).
     """
+    hyperparameter("bcm", "rate", rate, checks.FRACTION)
 
     def init(w):
         return BCMState(jnp.zeros(w.shape[0], w.dtype))
@@ -257,6 +268,8 @@ def bcpnn(gain: float = 1.0, bias: float = 1.0) -> Rule:
       Comput. Neural Syst. 13 (2002); gains as in Tully, Hennig & Lansner, Front.
       Synaptic Neurosci. 6 (2014).
     """
+    hyperparameter("bcpnn", "gain", gain, checks.number())
+    hyperparameter("bcpnn", "bias", bias, checks.number())
 
     def init(w):
         n_post, n_pre = w.shape

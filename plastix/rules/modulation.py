@@ -7,7 +7,11 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
+from plastix import checks
 from plastix.rules._core import WRAPPERS, Rule, as_column, make_rule, require_mod
+
+# Below 1 in float32 too: a decay that rounds to 1 there never forgets.
+TRACE_DECAY = checks.number(at_least=0, below=1, optional=True)
 
 
 class EligibilityState(NamedTuple):
@@ -42,9 +46,7 @@ def modulated(rule: Rule, trace_decay: float | None = None) -> Rule:
       of three-factor learning rules", Front. Neural Circuits 9 (2016);
       Izhikevich, "Solving the distal reward problem ...", Cerebral Cortex 17 (2007).
     """
-    if trace_decay is not None and not 0.0 <= trace_decay < 1.0:
-        raise ValueError(
-            f"modulated({rule.name}): trace_decay must be in [0, 1), got {trace_decay}")
+    TRACE_DECAY.check(f"modulated({rule.name}): trace_decay", trace_decay)
     # The name is also a registry name: `rules.get` builds the same rule back from it.
     name = (f"modulated({rule.name})" if trace_decay is None
             else f"modulated({rule.name}, {trace_decay:g})")

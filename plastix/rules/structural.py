@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from plastix import checks
 from plastix.rules._core import Rule, make_rule, outer, register
 
 
@@ -24,8 +25,13 @@ def check_mask_thresholds(owner: str, prune_below: float, regrow_above: float,
                           limit: float) -> None:
     """One-line ValueError unless ``-limit < prune_below <= regrow_above < limit``: both
     thresholds must be reachable by the clipped value, and pruning must not need more
-    agreement than regrowth (the band between them is the hysteresis)."""
-    if not -limit < prune_below <= regrow_above < limit:
+    agreement than regrowth (the band between them is the hysteresis). Each is checked as
+    the float32 the mask computes with."""
+    for name, value in (("prune_below", prune_below), ("regrow_above", regrow_above),
+                        ("limit", limit)):
+        checks.number().check(f"{owner}: {name}", value)
+    computed = [checks.as_float32(x) for x in (prune_below, regrow_above, limit)]
+    if not -computed[2] < computed[0] <= computed[1] < computed[2]:
         raise ValueError(
             f"{owner}: need -limit < prune_below <= regrow_above < limit, got "
             f"limit={limit}, prune_below={prune_below}, regrow_above={regrow_above}")
