@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -291,11 +292,32 @@ def report_cells(cells: list[Cell], evolution, states) -> list[dict]:
     for i, cell in enumerate(cells):
         row = es_abcd.result_row(es_abcd.LEARNED_LABELS["es"], float(nll[i]), float(acc[i]))
         if writes():
-            learned = jax.tree.map(lambda x: x[i], means)
+            learned = jax.tree.map(lambda x, i=i: x[i], means)
+            row = learned_row(cell, evolution.net, row, learned)
             es_abcd.write_report(cell.cfg, evolution.task, evolution.net, [row], learned,
                                  seconds=0.0)
         rows.append(row)
     return rows
+
+
+def learned_row(cell: Cell, net, row: dict, learned) -> dict:
+    """A cell's row with the note ``es_abcd.py`` gives it (`es_abcd.learned_outcome`) and
+    its ``problem``: why the cell failed (its rule diverged, or nothing was learned), or
+    None."""
+    history = runs.MetricsLog(os.path.join(cell.cfg.out, runs.METRICS),
+                              step_key="generation").read()
+    start = es_abcd.initial_mean(cell.cfg.net, cell.cfg)
+    note, problem = es_abcd.learned_outcome(cell.cfg, history, start, learned, net)
+    [row] = es_abcd.noted_nonfinite([{**row, "note": note}])
+    if problem is None and not es_abcd.finite_row(row):
+        problem = "its test lifetimes diverge (its test NLL is not finite)"
+    return {**row, "problem": problem}
+
+
+def failed(result: dict) -> bool:
+    """Whether a cell's result is no learned rule (a cell read back from a run before
+    cells recorded their problem: its figures are not finite)."""
+    return result.get("problem") is not None or not es_abcd.finite_row(result)
 
 
 def finished_row(cell: Cell) -> dict | None:
@@ -325,7 +347,7 @@ def summarise(results: list[dict], axes: dict[str, list[str]]) -> list[dict]:
         row = {"values": dict(zip(shown, combo)), "seeds": len(same)}
         for m in METRICS:
             x = np.array([r[m] for r in same], float)
-            row[m] = (float(np.mean(x)), float(np.std(x)))
+            row[m] = (float(np.mean(x)), float(np.std(x)))  # NaN if a seed diverged
         rows.append(row)
     return rows
 
@@ -336,10 +358,14 @@ def markdown_table(summary: list[dict], axes: dict[str, list[str]]) -> str:
              "|" + "---|" * (len(shown) + 3)]
     for r in summary:
         cells = [r["values"][a] for a in shown]
-        acc, bits = r["test_accuracy"], r["test_bits"]
-        lines.append("| " + " | ".join(cells) + f" | {r['seeds']} | {acc[0]:.3f} ± {acc[1]:.3f}"
-                     f" | {bits[0]:.3f} ± {bits[1]:.3f} |")
+        lines.append("| " + " | ".join(cells) + f" | {r['seeds']} | "
+                     f"{_mean_std(r['test_accuracy'])} | {_mean_std(r['test_bits'])} |")
     return "\n".join(lines)
+
+
+def _mean_std(pair: tuple[float, float]) -> str:
+    mean, std = pair
+    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(mean) else "not finite"
 
 
 def save_heatmap(path: str, summary: list[dict], axes: dict[str, list[str]],
@@ -497,9 +523,13 @@ def main(argv=None) -> list[dict]:
                 done[cell.name] = row
     if not writes():
         return []
-    results = [{"cell": c.name, "values": dict(c.values), **done[c.name]} for c in cells]
+    # A figure that is not finite is null (JSON has no NaN); its cell's note says why.
+    results = [{"cell": c.name, "values": dict(c.values), **done[c.name],
+                **{m: evolve.finite_or_none(done[c.name][m]) for m in METRICS}} for c in cells]
     summary = summarise(results, axes)
-    table = markdown_table(summary, axes)
+    failures = [r for r in results if failed(r)]
+    table = markdown_table(summary, axes) + "".join(
+        f"\n\nCell {r['cell']} learned no rule: {r['note']}." for r in failures)
     print("\n" + table)
     runs.write_text(os.path.join(args.out, "results.jsonl"),
                     "".join(json.dumps(r) + "\n" for r in results))
@@ -507,5 +537,9 @@ def main(argv=None) -> list[dict]:
     heatmap = save_heatmap(os.path.join(args.out, "heatmap.png"), summary, axes)
     print(f"\nwrote {args.out}/: results.jsonl results.md" + (" heatmap.png" if heatmap
                                                                 else "") + " cells/")
+    if failures:
+        raise checks.Diverged(f"{len(failures)} of {len(results)} cells learned no rule "
+                              f"({', '.join(r['cell'] for r in failures)}): "
+                              f"{args.out}/results.md says why")
     return results
 
