@@ -569,6 +569,7 @@ def make_evolution(net, task, cfg: ESConfig, key: jax.Array, devices=None,
     plastic.check_task(net, task)
     mesh = population_mesh(cfg.population, devices)
     solution = plastic.init_params(net, key) if init_mean is None else init_mean
+    plastic.check_params(net, solution)
     return Evolution(net, task, cfg, mesh, solution)
 
 
@@ -632,11 +633,14 @@ def evolve(
     per-generation keys). Without it the run starts afresh and the directory's old
     checkpoint and records are discarded. The caller owns ``config.json``.
     ``time_budget_s`` stops the run early at the first logged block past that many
-    seconds (`runs.run_blocks`).
+    seconds (`runs.run_blocks`). ``generations=0`` runs none: the initial state and an
+    empty history; a negative count or a ``log_every`` below 1 is a ValueError.
 
     Returns:
       ``(final_state, history)``: history is the list of logged records.
     """
+    checks.COUNT.check("generations", generations)
+    checks.SIZE.check("log_every", log_every)
     init_key, run_key = jax.random.split(jax.random.key(seed))
     eval_key = jax.random.key(eval_seed)
 

@@ -286,6 +286,7 @@ def make_meta_gradient(net, task, cfg: GradConfig, key: jax.Array, devices=None,
     """
     plastic.check_task(net, task)
     start = plastic.init_params(net, key) if init_params is None else init_params
+    plastic.check_params(net, start)
     return MetaGradient(net, task, cfg, batch_mesh(cfg.batch, devices), start)
 
 
@@ -307,10 +308,14 @@ def descend(
     (`runs.run_blocks`); a record holds the block's mean training NLL and accuracy, the
     last gradient norm, the skipped updates and the held-out figures of the parameters.
     ``time_budget_s`` stops the run early at the first logged block past that many seconds.
+    ``steps=0`` runs none (the initial state, an empty history); a negative count or a
+    ``log_every`` below 1 is a ValueError.
 
     Returns:
       ``(final_state, history)``.
     """
+    checks.COUNT.check("steps", steps)
+    checks.SIZE.check("log_every", log_every)
     _, run_key = jax.random.split(jax.random.key(seed))
     eval_key = jax.random.key(eval_seed)
     updates_per_lifetime = plastic.synapse_updates_per_lifetime(meta.net, meta.task.seq_len)

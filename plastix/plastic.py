@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import checks
+from plastix import checks, tasks
 from plastix import network as network_lib
 from plastix import rules as rules_lib
 
@@ -263,6 +263,48 @@ def init_params(net, key: jax.Array) -> dict:
     if network.evolve_init:
         params["w0"] = draw_weights(network, key)
     return params
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(network) -> dict:
+    # Shapes only: eval_shape traces init_params without computing it.
+    return jax.eval_shape(functools.partial(init_params, network), jax.random.key(0))
+
+
+def check_params(net, params) -> None:
+    """Raises ValueError unless ``params`` is an `init_params` pytree of this network:
+    its keys, every plastic matrix's coefficients with its rule's names and a shape the
+    rule takes for that matrix (any granularity, `rules.init_coeffs`), and every other
+    entry of `init_params`' shape. The error names the entry, its shape and the one
+    expected. Shapes only, so under ``jit`` it costs nothing after tracing."""
+    network = as_network(net)
+    want = _param_shapes(network)
+    if not isinstance(params, dict) or set(params) != set(want):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must have keys {sorted(want)} (init_params of this "
+                         f"network), got {got}")
+    coeffs = params["coeffs"]
+    if not isinstance(coeffs, dict) or set(coeffs) != set(want["coeffs"]):
+        got = sorted(coeffs) if isinstance(coeffs, dict) else type(coeffs).__name__
+        raise ValueError(f"params['coeffs'] must have the plastic matrices "
+                         f"{sorted(want['coeffs'])}, got {got}")
+    shapes = network.weight_shapes()
+    for name in network.plastic_matrices:
+        rule = network.rule(name)
+        try:
+            rules_lib.check_coeffs(rule.name, rule.default_coeffs, coeffs[name], shapes[name])
+        except ValueError as e:
+            raise ValueError(f"params['coeffs'][{name!r}]: {e}") from None
+    rest = {k: v for k, v in params.items() if k != "coeffs"}
+    wanted = {k: v for k, v in want.items() if k != "coeffs"}
+    if jax.tree.structure(rest) != jax.tree.structure(wanted):
+        raise ValueError(f"params hold {jax.tree.map(jnp.shape, rest)}, this network "
+                         f"needs {jax.tree.map(lambda x: x.shape, wanted)}")
+    for (where, expected), got in zip(jax.tree_util.tree_leaves_with_path(wanted),
+                                      jax.tree.leaves(rest)):
+        if jnp.shape(got) != expected.shape:
+            raise ValueError(f"params{jax.tree_util.keystr(where)} has shape {jnp.shape(got)}, "
+                             f"this network needs {expected.shape}")
 
 
 def _map_rate(coeffs: dict, fn) -> dict:
@@ -849,8 +891,11 @@ def evaluate(net, params: dict, key: jax.Array, inputs, targets, mask):
 
     Every sequence gets its own lifetime key, so its own random initial weights.
     Non-finite NLL (divergent plastic weights) is passed through for the
-    caller to contain.
+    caller to contain. ``params`` must be this network's (`check_params`) and ``mask``
+    must score something and weigh nothing negatively (`tasks.check_mask`).
     """
+    check_params(net, params)
+    tasks.check_mask(mask, targets)
     draws = lifetime_draws(net, key, inputs.shape[0])
     return mean_scores(lifetime_stats(net, params, draws, inputs, targets, mask))
 

@@ -100,6 +100,51 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
+# What `read_result` takes a field to be: a number (an int or a float, never a bool).
+NUMBER = (int, float)
+
+
+def read_result(path: str | os.PathLike, fields: Mapping[str, type | tuple[type, ...]],
+                check: Callable[[dict], str | None] | None = None) -> dict | None:
+    """The result a finished cell wrote (its ``result.json``, `write_json`); None where
+    there is none yet.
+
+    ``fields`` are the keys the caller reads and their types (`NUMBER` for a figure);
+    ``check(result)`` may name a deeper problem (or return None). A file that is not JSON,
+    not an object, lacks a key or holds a value of another type is a ValueError naming
+    the file and the problem: the caller would otherwise fail on it later, far from the
+    file (a KeyError), or report what it holds.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            result = json.loads(f.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        problem = "not JSON"
+    else:
+        problem = fields_problem(result, fields) or (check(result) if check else None)
+    if problem:
+        raise ValueError(f"{os.fspath(path)} is damaged ({problem}): delete it to run that "
+                         f"cell again")
+    return result
+
+
+def fields_problem(result: Any, fields: Mapping[str, type | tuple[type, ...]]) -> str | None:
+    """What is wrong with ``result`` as a JSON object holding ``fields`` (key: type), or
+    None."""
+    if not isinstance(result, dict):
+        return f"{json.dumps(result)[:40]}, not a JSON object"
+    for key, kind in fields.items():
+        if key not in result:
+            return f"no {key!r}"
+        value = result[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)) \
+                or not isinstance(value, kind):
+            return f"{key!r} is {json.dumps(value)[:40]}"
+    return None
+
+
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
     """Save a matplotlib figure atomically (rendered to memory, then `atomic_write`), so a
     kill never leaves half an image; the format is the file's extension."""

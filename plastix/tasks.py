@@ -871,6 +871,29 @@ def get(name: str, **config) -> Task:
     return REGISTRY[name](**config)
 
 
+def check_mask(mask, targets) -> None:
+    """Raises ValueError unless ``mask`` fits ``targets``' shape and, where its values are
+    known (outside ``jit``), is finite, never negative and scores something: an all-zero
+    mask would report an NLL of 0 and a negative one a made-up mean (accuracy -1)."""
+    try:
+        np.broadcast_shapes(jnp.shape(mask), jnp.shape(targets))
+    except ValueError:
+        raise ValueError(f"mask {jnp.shape(mask)} does not fit the targets "
+                         f"{jnp.shape(targets)}") from None
+    if isinstance(mask, jax.core.Tracer) or np.size(mask) == 0:
+        return
+    # On the host: under a trace, any jax op, even on a known array, gives a tracer.
+    values = np.asarray(mask, np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("mask holds NaN or infinite weights: 1.0 where scored, 0.0 elsewhere")
+    if (values < 0).any():
+        raise ValueError(f"mask holds negative weights (down to {values.min():g}): 1.0 where "
+                         f"scored, 0.0 elsewhere")
+    if not values.any():
+        raise ValueError("mask is all zero: it scores no position, so there is no NLL or "
+                         "accuracy to report")
+
+
 def masked_accuracy(logits, targets, mask):
     """Fraction of scored positions where ``argmax(logits) == target``.
 
@@ -879,8 +902,10 @@ def masked_accuracy(logits, targets, mask):
     Args:
       logits: ``(..., T, V)``.
       targets: int ``(..., T)``.
-      mask: ``(..., T)``, 1.0 where scored.
+      mask: ``(..., T)``, 1.0 where scored; `check_mask` refuses one that scores nothing
+        or holds a negative weight.
     """
+    check_mask(mask, targets)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -888,9 +913,10 @@ def masked_accuracy(logits, targets, mask):
 def masked_nll(logits, targets, mask):
     """Mean negative log-likelihood (nats) per scored token.
 
-    ``-sum(mask * log_softmax(logits)[target]) / max(sum(mask), 1)``; shapes as in
-    ``masked_accuracy``.
+    ``-sum(mask * log_softmax(logits)[target]) / max(sum(mask), 1)``; shapes and the
+    mask's check as in ``masked_accuracy``.
     """
+    check_mask(mask, targets)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     return -jnp.sum(target_log_probs * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -910,6 +936,11 @@ def decode(task: Task, ids) -> str:
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"decode takes one sequence (1-D ids), got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"decode takes integer token ids, got {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= len(task.symbols)):
+        raise ValueError(f"decode: token ids {ids.min()}..{ids.max()} are outside the "
+                         f"vocabulary 0..{len(task.symbols) - 1} of task {task.name!r}")
     separator = "" if all(len(s) == 1 for s in task.symbols) else " "
     return separator.join(task.symbols[i] for i in ids.tolist())
 

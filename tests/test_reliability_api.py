@@ -6,7 +6,9 @@ other ``test_reliability_*`` files). The few inputs that are not errors have a d
 meaning, and `test_documented_meanings` checks that they do what the docs say.
 """
 
+import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import pytest
 
 from plastix import evolve, masks, metagrad, plastic, rules, runs, tasks, train
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
 W, PRE, POST = jnp.zeros((3, 4)), jnp.ones(4), jnp.ones(3)
 TASK = tasks.get("assoc_retrieval", num_pairs=2, split_sizes=(64, 16, 16))
@@ -35,6 +38,34 @@ def evaluate(vocab_size, batch_slice=slice(None)):
 
 
 HEBB_KEYS = tuple(rules.get("hebb").default_coeffs)
+NET = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=8)
+INPUTS, TARGETS, MASK = TASK.sample(jax.random.key(0), 4, "train")[:3]
+LOGITS = jnp.zeros((*TARGETS.shape, TASK.vocab_size))
+
+
+def evaluate_with(mask=MASK, params=None, net=NET):
+    params = plastic.init_params(net, jax.random.key(0)) if params is None else params
+    return plastic.evaluate(net, params, jax.random.key(1), INPUTS, TARGETS, mask)
+
+
+def wrong_shapes(net=NET):
+    """``init_params`` of ``net`` with a leading axis of 3 on every leaf."""
+    return jax.tree.map(lambda x: jnp.ones((3, *x.shape)), plastic.init_params(net,
+                                                                               jax.random.key(0)))
+
+
+NET_W0 = plastic.PlasticRNN(vocab_size=TASK.vocab_size, hidden_size=8, evolve_init=True)
+
+
+def narrow_w0():
+    """``init_params`` of `NET_W0` with every initial weight matrix cut to 2 columns."""
+    params = plastic.init_params(NET_W0, jax.random.key(0))
+    return {**params, "w0": {k: v[:, :2] for k, v in params["w0"].items()}}
+
+
+def tiny_evolution():
+    return evolve.make_evolution(NET, TASK, evolve.ESConfig(population=2, batch=2,
+                                                            eval_batch=4), jax.random.key(0))
 
 # (id, call, what the one-line message must say)
 BAD_CALLS = [
@@ -74,6 +105,57 @@ BAD_CALLS = [
      "outside the network's vocabulary"),
     ("one sequence instead of a batch", lambda: evaluate(TASK.vocab_size, 0),
      r"inputs must be \(batch, time\) token ids"),
+    # masks, ids and parameters where they enter
+    ("an all-zero mask", lambda: evaluate_with(jnp.zeros_like(MASK)), "mask is all zero"),
+    ("a negative mask", lambda: evaluate_with(-MASK), "mask holds negative weights"),
+    ("a NaN mask", lambda: evaluate_with(MASK * NAN), "mask holds NaN"),
+    ("a mask of another shape", lambda: evaluate_with(MASK[:, :3]),
+     r"mask \(4, 3\) does not fit the targets \(4, 7\)"),
+    ("masked_nll, all-zero mask", lambda: tasks.masked_nll(LOGITS, TARGETS, 0 * MASK),
+     "mask is all zero"),
+    ("masked_nll, negative mask", lambda: tasks.masked_nll(LOGITS, TARGETS, -MASK),
+     "negative weights"),
+    ("masked_accuracy, negative mask", lambda: tasks.masked_accuracy(LOGITS, TARGETS, -MASK),
+     "negative weights"),
+    ("decode -1", lambda: tasks.decode(TASK, [-1, 2]),
+     r"token ids -1\.\.2 are outside the vocabulary 0\.\.36"),
+    ("decode past the vocabulary", lambda: tasks.decode(TASK, [0, TASK.vocab_size]),
+     "outside the vocabulary"),
+    ("decode fractional ids", lambda: tasks.decode(TASK, [0.5]), "integer token ids"),
+    ("evaluate, coefficients of the wrong shape", lambda: evaluate_with(params=wrong_shapes()),
+     r"params\['coeffs'\]\['out'\]: rule 'ABCD_lr': coefficient 'A' has shape \(3,\)"),
+    ("score, coefficients of the wrong shape",
+     lambda: evolve.score(NET, TASK, wrong_shapes(), jax.random.key(0), "valid", 4),
+     r"coefficient 'A' has shape \(3,\); for w \(37, 8\) expected"),
+    ("evaluate, initial weights of the wrong shape",
+     lambda: evaluate_with(params=narrow_w0(), net=NET_W0),
+     r"params\['w0'\]\['in'\] has shape \(8, 2\), this network needs \(8, 37\)"),
+    ("evaluate, a matrix missing", lambda: evaluate_with(params={"coeffs": {}}),
+     r"params\['coeffs'\] must have the plastic matrices \['out'\], got \[\]"),
+    ("evaluate, a key too many",
+     lambda: evaluate_with(params={**plastic.init_params(NET, jax.random.key(0)), "w0": {}}),
+     r"params must have keys \['coeffs'\]"),
+    ("ES start of the wrong shape",
+     lambda: evolve.make_evolution(NET, TASK, evolve.ESConfig(population=2), jax.random.key(0),
+                                   init_mean=wrong_shapes()), "coefficient 'A' has shape"),
+    ("evolve for -3 generations", lambda: evolve.evolve(tiny_evolution(), 0, generations=-3),
+     "generations must be an integer >= 0, got -3"),
+    ("evolve logging every 0", lambda: evolve.evolve(tiny_evolution(), 0, 2, log_every=0),
+     "log_every must be an integer >= 1, got 0"),
+    # rule names as a command line gives them
+    ("a wrapper given too many numbers", lambda: rules.get("modulated(hebb, 0.5, 0.7)"),
+     r"2 number\(s\) after the rule; expected modulated\(<rule>, trace_decay"),
+    ("annealed given a number", lambda: rules.get("annealed(hebb, 0.5)"),
+     r"expected annealed\(<rule>\)"),
+    ("an int hyperparameter given a fraction", lambda: rules.get("krotov(k=2.5)"),
+     r"k must be an int, got 2.5; expected krotov\(p: float = 2.0, k: int = 2"),
+    ("a bool hyperparameter given 3", lambda: rules.get("polynomial(use_mod=3)"),
+     "use_mod must be a bool, got 3"),
+    ("a number hyperparameter given text", lambda: rules.get("krotov", k="2"),
+     "k must be an int, got '2'"),
+    ("a rule nested 3000 deep", lambda: rules.get("modulated(" * 3000 + "hebb" + ")" * 3000),
+     "nested 3000 deep, more than 16"),
+    ("a rule name that is not text", lambda: rules.get(5), "a rule name must be a string"),
     # the ES outer loop
     *[(f"ES {field} {value}", lambda f=field, v=value: evolve.ESConfig(**{f: v}),
        f"{field} must be a finite number > 0, got {value}")
@@ -178,6 +260,45 @@ def test_damaged_run_files_are_named(tmp_path):
         runs.load_checkpoint(tmp_path / runs.CHECKPOINT, {"w": np.zeros(3)})
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("{oops", "not JSON"),
+    ("null", "null, not a JSON object"),
+    ("[1, 2]", "[1, 2], not a JSON object"),
+    ('{"seed": 0}', "no 'part'"),
+    (('{"part": "lm", "seed": "0", "method": "dense", "seconds": 1, "valid": 1, "test": 1, '
+      '"sparsity": 0}'), "'seed' is \"0\""),
+    (('{"part": "lm", "seed": 0, "method": "dense", "seconds": 1, "valid": true, "test": 1, '
+      '"sparsity": 0}'), "'valid' is true"),
+])
+def test_damaged_cell_results_are_named(content, problem, tmp_path):
+    """A cell's damaged result.json is named with what is wrong and how to rerun the cell,
+    by each experiment that collects cells, not a KeyError later on."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import compare_outer
+    import hebbian_masks
+    import text
+
+    (tmp_path / "result.json").write_text(content)
+    path = re.escape(str(tmp_path / "result.json"))
+    with pytest.raises(ValueError, match=rf"^{path} is damaged \({re.escape(problem)}\): "
+                                         rf"delete it to run that cell again$"):
+        hebbian_masks.read_result(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"^{path} is damaged"):
+        compare_outer.finished_result(str(tmp_path / "result.json"), {})
+    with pytest.raises(ValueError, match=rf"^{path} is damaged"):
+        text.read_result(None, str(tmp_path), {})
+    assert hebbian_masks.read_result(str(tmp_path / "none")) is None
+
+
+def test_a_text_cell_result_with_damaged_summaries_is_named(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import text
+
+    (tmp_path / "result.json").write_text('{"lengths": {"100": {"windows": 8, "bits": 2.0}}}')
+    with pytest.raises(ValueError, match="a summary of length 100 lacks its figures"):
+        text.read_result(None, str(tmp_path), {})
+
+
 def test_documented_meanings():
     """The inputs that are not errors, and what the docs say they mean."""
     # No plastic layer is the "plasticity off" baseline: the weights stay as drawn.
@@ -201,3 +322,15 @@ def test_documented_meanings():
     # contains (`tests/test_evolve.py::test_divergent_plastic_weights_never_poison_the_es_state`).
     dw, _ = update("hebb", pre=jnp.full(4, NAN))
     assert np.isnan(np.asarray(dw)).all()
+    # Zero generations run none: the starting state and an empty history.
+    evolution = tiny_evolution()
+    state, history = evolve.evolve(evolution, 0, generations=0)
+    assert history == []
+    np.testing.assert_array_equal(np.asarray(evolution.strategy.get_mean(state)),
+                                  np.asarray(evolution.init(jax.random.split(
+                                      jax.random.key(0))[0]).mean))
+    # Under jit a mask's values are unknown: only its shape is checked there.
+    assert float(jax.jit(tasks.masked_nll)(LOGITS, TARGETS, 0 * MASK)) == 0.0
+    # An empty sequence decodes to nothing; a mask may weigh positions (not only 0 / 1).
+    assert tasks.decode(TASK, []) == ""
+    assert np.isfinite(float(tasks.masked_nll(LOGITS, TARGETS, 2.0 * MASK)))

@@ -440,4 +440,6 @@ def test_masked_metrics_match_hand_computation():
     assert float(tasks.masked_accuracy(logits, targets, mask)) == pytest.approx(0.5)
     assert float(tasks.masked_nll(logits, targets, mask)) == pytest.approx(expected_nll, rel=1e-6)
     assert tasks.bits_per_char(math.log(2.0)) == pytest.approx(1.0)
-    assert float(tasks.masked_accuracy(logits, targets, jnp.zeros((1, 3)))) == 0.0
+    # A mask that scores nothing has no figure to report: refused, not a made-up 0.
+    with pytest.raises(ValueError, match="mask is all zero"):
+        tasks.masked_accuracy(logits, targets, jnp.zeros((1, 3)))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -120,13 +119,18 @@ def run_flags(args, preset: str, outer: str, seed: int) -> list[str]:
     return flags
 
 
+# What a run's result.json holds (`run_one`), as the report reads it.
+RESULT_FIELDS = {"preset": str, "outer": str, "seed": int, "test_nll": runs.NUMBER,
+                 "test_accuracy": runs.NUMBER, "seconds": runs.NUMBER, "updates": int,
+                 "lifetimes": int, "coefficients": dict, "flags": list}
+
+
 def finished_result(path: str, settings: dict) -> dict | None:
     """The result at ``path`` if the run finished, else None; a result made under other
     ``settings`` (its flags, its budget) is refused, never reported as this run's."""
-    if not os.path.exists(path):
+    result = runs.read_result(path, RESULT_FIELDS)
+    if result is None:
         return None
-    with open(path) as f:
-        result = json.load(f)
     differs = [key for key, value in settings.items() if result.get(key) != value]
     if differs:
         raise ValueError(f"{path} holds a result made with other settings (differs in: "

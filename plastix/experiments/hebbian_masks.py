@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -380,12 +379,13 @@ def _apply(model):
 # --- runs -------------------------------------------------------------------------------------
 
 
+# What a run's result.json holds (`fit_and_score`), as the tables read it.
+RESULT_FIELDS = {"part": str, "seed": int, "method": str, "seconds": runs.NUMBER,
+                 "valid": runs.NUMBER, "test": runs.NUMBER, "sparsity": runs.NUMBER}
+
+
 def read_result(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, "result.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return runs.read_result(os.path.join(run_dir, "result.json"), RESULT_FIELDS)
 
 
 def write_result(run_dir: str, result: dict) -> dict:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import itertools
 import json
@@ -79,12 +80,149 @@ class Cell:
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
-    """``"rule-out=hebb,oja"`` -> ``("rule-out", ["hebb", "oja"])``."""
+    """``"rule-out=hebb,oja"`` -> ``("rule-out", ["hebb", "oja"])``. The values are split at
+    the commas outside brackets, so a value may be a rule with arguments
+    (``rule-out=modulated(hebb, 0.9),oja``) or a JSON list."""
     flag, sep, values = text.partition("=")
     flag = flag.strip().removeprefix("--")
-    if not sep or not flag or not values.strip():
+    if not sep or not flag:
         raise ValueError(f"--vary {text!r}: write FLAG=V1,V2,... (e.g. --vary seed=0,1,2)")
-    return flag, [v.strip() for v in values.split(",")]
+    if not values.strip():
+        raise checks.FieldError(f"--vary {flag}", f"has no values: write --vary {flag}=V1,V2,...")
+    return flag, split_values(flag, values)
+
+
+def split_values(flag: str, text: str) -> list[str]:
+    """The values of an axis, split at the commas outside (), [] and {}; an empty value
+    (``seed=0,,1``, ``seed=,``) or an unclosed bracket is refused by name."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += 1 if char in "([{" else -1 if char in ")]}" else 0
+        if depth < 0:
+            break
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if depth != 0:
+        raise checks.FieldError(f"--vary {flag}", f"has unbalanced brackets in {text!r}")
+    parts.append(text[start:].strip())
+    if "" in parts:
+        raise checks.FieldError(f"--vary {flag}", f"has an empty value in {text!r}: write "
+                                                  f"--vary {flag}=V1,V2,...")
+    return parts
+
+
+# The es_abcd.py settings that are the sweep's own: every cell's directory is the sweep's.
+SWEEP_OWNED = ("out", "resume", "overwrite")
+# Settings that change no cell's result: cells that differ only in them would be one run
+# reported twice. Why each, for the error.
+NOT_AXES = {
+    "report": "it changes what a cell's report holds, not its run (a sweep reports each "
+              "cell's own row)",
+    "log_every": "it changes how often a cell logs, not its result (generation g draws "
+                 "the same keys whatever the blocks)",
+    "outer": "a sweep runs ES; run --outer gradient cells with es_abcd.py",
+}
+# More cells than this is a mistake (a pasted range, a product of long axes), not a sweep:
+# checking each cell alone takes minutes, and running them days.
+MAX_CELLS = 10_000
+
+
+def cells_parser() -> argparse.ArgumentParser:
+    """es_abcd.py's parser, whose errors raise ValueError instead of exiting: the sweep
+    checks its axes and its cells' flags with it before any cell is built."""
+    p = es_abcd.parser()
+
+    def error(message: str):
+        raise ValueError(cli.one_line(message))
+
+    p.error = error
+    return p
+
+
+def axis_values(name: str, action: argparse.Action, values: list[str]) -> list[str]:
+    """``values`` checked as the flag's type and choices would check them, and none the
+    same value as another once parsed to that type (``1`` and ``+1``, ``0.1`` and
+    ``1e-1``; reals compared as the float32 a cell computes with)."""
+    seen: list[tuple[object, str]] = []
+    for text in values:
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            raise checks.FieldError(name, f"value {text!r}: {cli.one_line(e)}") from None
+        if action.choices is not None and value not in action.choices:
+            raise checks.FieldError(name, f"value {text!r} is not one of "
+                                          f"{list(action.choices)}")
+        same = np.float32(value) if isinstance(value, float) else value
+        for other, other_text in seen:
+            if other == same:
+                raise checks.FieldError(name, f"values {other_text!r} and {text!r} are the "
+                                              f"same value: each value once")
+        seen.append((same, text))
+    return values
+
+
+def check_axes(entries: list[tuple[str, list[str], str]], base: list[str]
+               ) -> dict[str, list[str]]:
+    """The grid's axes, ``flag -> values``, from ``(flag, values, where given)`` entries.
+
+    Refused by name: a flag es_abcd.py does not have, one that is not a setting of a cell's
+    run (the sweep's own, a switch, `NOT_AXES`), an axis given twice (under either of its
+    spellings, ``--pop``/``--population``), an axis that the flags every cell shares set
+    too, and a value that its flag refuses or that repeats another (`axis_values`).
+    """
+    p = cells_parser()
+    shared = cli.given_flags(p, base)
+    axes, by_dest = {}, {}
+    for flag, values, where in entries:
+        action = p._option_string_actions.get(f"--{flag}")
+        name = f"--vary {flag}" if where == "--vary" else f"{where}: vary {flag}"
+        if action is None:
+            known = [o.removeprefix("--") for o in p._option_string_actions if o.startswith("--")]
+            close = difflib.get_close_matches(flag, known, n=1)
+            raise checks.FieldError(name, "is not an es_abcd.py flag"
+                                    + (f" (did you mean {close[0]}?)" if close else ""))
+        if action.dest in SWEEP_OWNED:
+            raise ValueError(f"--{flag} is the sweep's to set, not a cell's")
+        if action.nargs == 0:
+            raise checks.FieldError(name, "is a switch, not a setting with values: give it "
+                                          "after -- to set it for every cell")
+        if action.dest in NOT_AXES:
+            raise checks.FieldError(name, f"is not an axis: {NOT_AXES[action.dest]}")
+        if action.dest in by_dest:
+            first, first_where = by_dest[action.dest]
+            again = "is given twice" if first == flag else f"sets what --vary {first} sets"
+            if where != first_where:
+                again += f" (in {first_where} and in {where})"
+            raise checks.FieldError(name, f"{again}: give each axis once, with all its values")
+        if action.dest in shared:
+            raise checks.FieldError(name, f"and {shared[action.dest]} after -- both set it: a "
+                                          f"setting is an axis or every cell's, not both")
+        by_dest[action.dest] = (flag, where)
+        axes[flag] = axis_values(name, action, values)
+    return axes
+
+
+def check_shared_flags(base: list[str]) -> None:
+    """The flags every cell shares, checked once as es_abcd.py reads them (a flag it does
+    not have, a value its flag refuses), so that the error names them once, not a cell."""
+    p = cells_parser()
+    if "help" in cli.given_flags(p, base):
+        raise ValueError("--help after --: see es_abcd.py --help for the cells' flags")
+    try:
+        p.parse_args(base)
+    except ValueError as e:
+        raise ValueError(f"the flags after -- (every cell's): {e}") from None
+
+
+def grid_size(axes: dict[str, list[str]]) -> int:
+    """How many cells the axes make, refused past `MAX_CELLS`."""
+    size = math.prod(len(values) for values in axes.values())
+    if size > MAX_CELLS:
+        shape = " x ".join(f"{len(v)} {flag}" for flag, v in axes.items())
+        raise ValueError(f"the grid has {size} cells ({shape}), more than {MAX_CELLS}: "
+                         f"split it into several sweeps")
+    return size
 
 
 def cell_flags(values) -> list[str]:
@@ -115,12 +253,32 @@ def grid(axes: dict[str, list[str]], base: list[str]) -> list[Cell]:
         if cfg.outer != "es":
             raise ValueError("a sweep runs ES; run --outer gradient cells with es_abcd.py")
         cells.append(Cell(name, values, cfg))
+    check_distinct(cells)
     for cell in cells:  # then what only building a cell checks (it computes a little)
         try:
             es_abcd.check_run(cell.cfg)
         except ValueError as e:
             raise ValueError(f"cell {cell.name}: {cli.one_line(e)}") from None
     return cells
+
+
+def check_distinct(cells: list[Cell]) -> None:
+    """Refuse two cells that are one run (axis values that mean the same, such as a rule
+    and its default arguments written out) or that would share one directory (values
+    that differ only in the characters a directory name replaces)."""
+    by_run: dict[str, Cell] = {}
+    by_name: dict[str, Cell] = {}
+    for cell in cells:
+        run = json.dumps(runs.config_dict(dataclasses.replace(cell.cfg, out="")),
+                         sort_keys=True)
+        if run in by_run:
+            raise ValueError(f"cells {by_run[run].name} and {cell.name} are the same run: "
+                             f"give each value of an axis once")
+        if cell.name.lower() in by_name:  # one directory on a case-insensitive disk too
+            raise ValueError(f"cells {dict(by_name[cell.name.lower()].values)} and "
+                             f"{dict(cell.values)} would share the directory cells/{cell.name}: "
+                             f"write the values so that they differ in letters or digits")
+        by_run[run], by_name[cell.name.lower()] = cell, cell
 
 
 def placed(cells: list[Cell], out: str) -> list[Cell]:
@@ -331,8 +489,18 @@ def finished_row(cell: Cell) -> dict | None:
         return None  # run (resumed) again: a changed data file is refused there, by name
     if runs.checkpoint_step(os.path.join(cell.cfg.out, runs.CHECKPOINT)) != cell.cfg.generations:
         return None
-    with open(report) as f:
-        return json.load(f)["rows"][0]
+    try:
+        return runs.read_result(report, {"rows": list}, check=_learned_row_problem)["rows"][0]
+    except ValueError:  # a damaged report: the finished run is scored and reported again
+        return None
+
+
+def _learned_row_problem(report: dict) -> str | None:
+    rows = report["rows"]
+    if not rows or not isinstance(rows[0], dict):
+        return "no learned row"
+    return runs.fields_problem(rows[0], {"note": str, **{m: (*runs.NUMBER, type(None))
+                                                            for m in METRICS}})
 
 
 # --- results ----------------------------------------------------------------------------
@@ -354,12 +522,12 @@ def summarise(results: list[dict], axes: dict[str, list[str]]) -> list[dict]:
 
 def markdown_table(summary: list[dict], axes: dict[str, list[str]]) -> str:
     shown = [a for a in axes if a != "seed"]
-    lines = ["| " + " | ".join(shown) + " | seeds | test accuracy | test bits/token |",
+    row = lambda cells: "| " + " | ".join(cells) + " |"
+    lines = [row([*shown, "seeds", "test accuracy", "test bits/token"]),
              "|" + "---|" * (len(shown) + 3)]
     for r in summary:
-        cells = [r["values"][a] for a in shown]
-        lines.append("| " + " | ".join(cells) + f" | {r['seeds']} | "
-                     f"{_mean_std(r['test_accuracy'])} | {_mean_std(r['test_bits'])} |")
+        lines.append(row([*(r["values"][a] for a in shown), str(r["seeds"]),
+                          _mean_std(r["test_accuracy"]), _mean_std(r["test_bits"])]))
     return "\n".join(lines)
 
 
@@ -429,31 +597,62 @@ def parser() -> cli.Parser:
 
 
 def read_spec(args) -> tuple[dict[str, list[str]], list[str]]:
-    """The grid's axes and every cell's flags, from --vary/-- and the config file."""
-    axes, base = {}, []
+    """The grid's axes and every cell's flags, from --vary/-- and the config file; each
+    checked (`check_axes`, `check_shared_flags`, `grid_size`) before any cell is built."""
+    entries, base = [], []
     if args.config:
-        with open(args.config) as f:
-            try:
-                spec = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--config {args.config}: not JSON ({e})") from None
-        unknown = set(spec) - {"vary", "flags"}
-        if not isinstance(spec, dict) or unknown:
-            raise ValueError(f"--config {args.config}: expected keys 'vary' and 'flags', "
-                             f"got {sorted(unknown) or type(spec).__name__}")
-        axes = {k.removeprefix("--"): [str(v) for v in vs] for k, vs in spec.get("vary", {}).items()}
-        base = [str(x) for x in spec.get("flags", [])]
+        entries, base = read_config_file(args.config)
     for text in args.vary:
         flag, values = parse_axis(text)
-        axes[flag] = values
+        entries.append((flag, values, "--vary"))
     base += [f for f in args.flags if f != "--"]
-    if not axes:
+    if not entries:
         raise ValueError("nothing to sweep: give at least one --vary FLAG=V1,V2,... "
                          "(or a --config file)")
-    for flag in ("out", "resume", "overwrite"):
-        if flag in axes or f"--{flag}" in base:
+    for flag in SWEEP_OWNED:
+        if f"--{flag}" in base:
             raise ValueError(f"--{flag} is the sweep's to set, not a cell's")
+    axes = check_axes(entries, base)
+    check_shared_flags(base)
+    grid_size(axes)
     return axes, base
+
+
+def read_config_file(path: str) -> tuple[list[tuple[str, list[str], str]], list[str]]:
+    """``(axis entries, flags)`` of a --config file, ``{"vary": {flag: [values]}, "flags":
+    [...]}``; anything else is refused in one line naming the file and what is wrong."""
+    where = f"--config {path}"
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        spec = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: not JSON ({cli.one_line(e)})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a JSON object {{\"vary\": {{flag: [values]}}, "
+                         f"\"flags\": [...]}}, got {json.dumps(spec)[:80]}")
+    unknown = sorted(set(spec) - {"vary", "flags"})
+    if unknown:
+        raise ValueError(f"{where}: expected keys 'vary' and 'flags', got {unknown}")
+    vary, flags = spec.get("vary", {}), spec.get("flags", [])
+    if not isinstance(vary, dict):
+        raise ValueError(f"{where}: \"vary\" must be an object {{flag: [values]}}, got "
+                         f"{json.dumps(vary)[:80]}")
+    if not isinstance(flags, list) or not all(isinstance(x, (str, int, float)) for x in flags):
+        raise ValueError(f"{where}: \"flags\" must be a list of es_abcd.py flags and values, "
+                         f"got {json.dumps(flags)[:80]}")
+    entries = []
+    for flag, values in vary.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: \"vary\" {flag!r} must be a non-empty list of values, "
+                             f"got {json.dumps(values)[:80]}")
+        # A list or object value is a JSON setting's (written back as JSON); null, true and
+        # false are refused by the flag's own check as the text they are in JSON.
+        texts = [v.strip() if isinstance(v, str) else json.dumps(v) for v in values]
+        if "" in texts:
+            raise ValueError(f"{where}: \"vary\" {flag!r} has an empty value")
+        entries.append((flag.strip().removeprefix("--"), texts, where))
+    return entries, [x if isinstance(x, str) else json.dumps(x) for x in flags]
 
 
 def check_sweep_dir(out: str, mode: str) -> None:

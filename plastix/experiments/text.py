@@ -389,11 +389,10 @@ def read_result(args, cell_dir: str, settings: dict) -> dict | None:
     budget), and the windows it is scored on must be this invocation's: a cell finished
     under other settings is refused, not reported as if it were this run's.
     """
-    path = os.path.join(cell_dir, "result.json")
-    if not os.path.exists(path):
+    result = runs.read_result(os.path.join(cell_dir, "result.json"), {"lengths": dict},
+                              check=summaries_problem)
+    if result is None:
         return None
-    with open(path) as f:
-        result = json.load(f)
     # The corpus it was computed on, by content (results from before it was recorded
     # name none): one rewritten under the same path gives other windows and scores.
     if "corpus" in result:
@@ -411,6 +410,20 @@ def read_result(args, cell_dir: str, settings: dict) -> dict | None:
         raise ValueError(f"{cell_dir} holds a result made with other settings (differs in: "
                          f"{', '.join(differs)}); choose another --out or delete it")
     return result
+
+
+def summaries_problem(result: dict) -> str | None:
+    """What is wrong with a cell result's per-length summaries (`summary`), if anything."""
+    for length, rows in result["lengths"].items():
+        if not isinstance(rows, dict):
+            return f"its length {length} is {json.dumps(rows)[:40]}"
+        for s in iter_summaries(rows):
+            if not isinstance(s, dict) or not all(isinstance(s.get(k), runs.NUMBER)
+                                                  for k in ("bits", "diverged", "windows")):
+                return f"a summary of length {length} lacks its figures"
+    if "cell" in result and not isinstance(result["cell"], dict):
+        return "its 'cell' is not an object"
+    return None
 
 
 def iter_summaries(rows: dict):

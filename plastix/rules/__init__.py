@@ -32,7 +32,8 @@ its presynaptic units are used, 1/count under a one-hot input).
 """
 
 from plastix.rules._core import (
-    REGISTRY, Coefficients, OuterAffine, Rule, get, init_coeffs, make_rule, register,
+    REGISTRY, Coefficients, OuterAffine, Rule, check_coeffs, get, init_coeffs, make_rule,
+    register,
 )
 from plastix.rules.abcd import (
     A, ABC, ABC_lr, ABCD, ABCD_lr, ABCD_lr_D_in_and_out, ABCD_lr_D_out, AD, AD_lr,
@@ -60,8 +61,8 @@ from plastix.rules.structural import (
 # registered later is reachable through `get` but is not a module attribute, so it
 # stays out of the star-import.
 __all__ = [
-    "REGISTRY", "Coefficients", "OuterAffine", "Rule", "get", "init_coeffs", "make_rule",
-    "register", "modulated", "annealed", "apply_mask", "step_mask", "check_mask_thresholds",
+    "REGISTRY", "Coefficients", "OuterAffine", "Rule", "check_coeffs", "get", "init_coeffs",
+    "make_rule", "register", "modulated", "annealed", "apply_mask", "step_mask", "check_mask_thresholds",
     "PlusPhase", "BCMState", "BCPNNState", "CovarianceState", "ErrCreditState",
     "EligibilityState", "HebbianMaskState", "AnnealedState", "bcpnn_weights", "PlasticTrace",
     "RetroactiveTrace",

@@ -131,6 +131,10 @@ WRAPPERS: dict[str, Callable[..., Rule]] = {}
 # (name, factory, sorted hyperparameters) -> Rule: equal `get` calls return one value.
 _RULE_CACHE: dict[tuple, Rule] = {}
 
+# How deep a name's wrappers may nest (``annealed(modulated(hebb))`` is 2): a deeper one
+# is a mistake, and past Python's recursion limit it would fail without saying why.
+MAX_NESTING = 16
+
 
 def register(factory: Callable[..., Rule], name: str | None = None) -> Callable[..., Rule]:
     """Adds ``factory`` to `REGISTRY` under ``name`` (default its ``__name__``).
@@ -157,8 +161,11 @@ def get(name: str, **hyper) -> Rule:
 
     Raises:
         ValueError: if ``name`` is not in `REGISTRY` (the message lists the known names),
-            is malformed, or names a hyperparameter its factory does not take.
+            is malformed or nested deeper than `MAX_NESTING`, names a hyperparameter its
+            factory does not take, or gives a wrapper or factory arguments its signature
+            does not (the message shows the signature).
     """
+    _check_name(name)
     with_hyper = _parse_hyperparameters(name)
     if with_hyper is not None:
         base, given = with_hyper
@@ -177,6 +184,11 @@ def get(name: str, **hyper) -> Rule:
     wrapped = _parse_wrapped(name)
     if wrapped is not None:
         wrapper, inner, args = wrapped
+        try:
+            inspect.signature(WRAPPERS[wrapper]).bind(None, *args)
+        except TypeError:
+            raise ValueError(f"rule name {name!r}: {len(args)} number(s) after the rule; "
+                             f"expected {signature_text(wrapper, WRAPPERS[wrapper])}") from None
         key = (name, WRAPPERS[wrapper], tuple(sorted(hyper.items())))
         if key not in _RULE_CACHE:
             _RULE_CACHE[key] = WRAPPERS[wrapper](get(inner, **hyper), *args)
@@ -185,6 +197,7 @@ def get(name: str, **hyper) -> Rule:
         raise ValueError(f"unknown rule {name!r}; known rules: {sorted(REGISTRY)} "
                          f"(or {' / '.join(f'{w}(<rule>)' for w in sorted(WRAPPERS))})")
     factory = REGISTRY[name]
+    _check_hyperparameters(name, factory, hyper)
     key = (name, factory, tuple(sorted(hyper.items())))
     try:
         hash(key)
@@ -193,6 +206,55 @@ def get(name: str, **hyper) -> Rule:
     if key not in _RULE_CACHE:
         _RULE_CACHE[key] = factory(**hyper)
     return _RULE_CACHE[key]
+
+
+def _check_name(name) -> None:
+    """Refuse a name that is not a string or whose wrappers nest past `MAX_NESTING`."""
+    if not isinstance(name, str):
+        raise ValueError(f"a rule name must be a string, got {name!r}")
+    depth = deepest = 0
+    for char in name:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        raise ValueError(f"rule name {name[:40]!r}...: nested {deepest} deep, more than "
+                         f"{MAX_NESTING}")
+
+
+def signature_text(head: str, factory: Callable) -> str:
+    """``head``'s call as a user writes it: ``krotov(p: float = 2.0, k: int = 2, ...)``,
+    a wrapper's rule as ``<rule>``."""
+    parts = []
+    for i, p in enumerate(inspect.signature(factory).parameters.values()):
+        annotation = "" if p.annotation is p.empty else f": {p.annotation}".replace("'", "")
+        if head in WRAPPERS and i == 0:
+            parts.append("<rule>")
+        elif p.default is p.empty:
+            parts.append(f"{p.name}{annotation}")
+        else:
+            parts.append(f"{p.name}{annotation} = {p.default!r}")
+    return f"{head}({', '.join(parts)})"
+
+
+def _check_hyperparameters(name: str, factory: Callable, hyper: Mapping[str, Any]) -> None:
+    """Refuse hyperparameters that ``factory``'s signature does not take, or a plain number
+    of the wrong kind for its annotation: a fraction for an ``int``, anything but 0 or 1
+    for a ``bool``, text for a number."""
+    params = inspect.signature(factory).parameters
+    try:
+        inspect.signature(factory).bind(**hyper)
+    except TypeError:
+        raise ValueError(f"rule {name!r}: hyperparameters {sorted(hyper)} do not fit "
+                         f"{signature_text(name, factory)}") from None
+    for key, value in hyper.items():
+        kind = str(params[key].annotation).strip("'")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        wrong = (kind == "int" and number and not float(value).is_integer()
+                 or kind == "bool" and number and value not in (0, 1)
+                 or kind in ("int", "float") and isinstance(value, str))
+        if wrong:
+            raise ValueError(f"rule {name!r}: {key} must be {'an' if kind == 'int' else 'a'} "
+                             f"{kind}, got {value!r}; expected {signature_text(name, factory)}")
 
 
 def _parse_wrapped(name: str) -> tuple[str, str, tuple[float, ...]] | None:
