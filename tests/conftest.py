@@ -65,3 +65,19 @@ def run_on_cpu_devices(script: str, count: int = 4) -> str:
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+def refused_line(main, argv, capsys) -> str:
+    """The one stderr line of a command line (``main`` run as the command line runs it)
+    that must be refused: exit status 2 and exactly one line, ``error: ...``."""
+    import pytest
+
+    from plastix import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == cli.EXIT_USAGE, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 
-from plastix import cli, evolve, runs  # noqa: E402
+from conftest import refused_line  # noqa: E402
+from plastix import evolve, runs  # noqa: E402
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "4",
         "--log-every", "2", "--eval-batch", "16", "--pop", "4", "--no-plots"]
@@ -47,13 +48,7 @@ def for_run(flags: list[str]) -> list[str]:
 
 def refused(argv, capsys) -> str:
     """The one stderr line of a command line that must be refused with status 2."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(es_abcd.main, argv)
-    assert exit_.value.code == cli.EXIT_USAGE
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
+    return refused_line(es_abcd.main, argv, capsys)
 
 # --- bad values and flags -----------------------------------------------------------------
 

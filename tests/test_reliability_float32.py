@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd
 
-from plastix import checks, cli, evolve, metagrad, plastic, rules
+from conftest import refused_line  # noqa: E402
+from plastix import checks, evolve, metagrad, plastic, rules
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "1",
         "--log-every", "1", "--eval-batch", "16", "--pop", "4", "--no-plots",
@@ -30,13 +31,7 @@ OVER = "in float32 (at most 3.40282e+38 in magnitude), got 1e39"
 
 def refused(argv, capsys) -> str:
     """The one stderr line of a command line refused with status 2."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(es_abcd.main, argv)
-    assert exit_.value.code == cli.EXIT_USAGE
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
+    return refused_line(es_abcd.main, argv, capsys)
 
 # --- the bound itself ---------------------------------------------------------------------
 

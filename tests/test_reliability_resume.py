@@ -19,21 +19,14 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 import sweep  # noqa: E402
 
-from plastix import cli, models, runs, tasks, train  # noqa: E402
+from conftest import refused_line  # noqa: E402
+from plastix import models, runs, tasks, train  # noqa: E402
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "6",
         "--log-every", "2", "--eval-batch", "16", "--pop", "4", "--no-plots", "--report", "rule"]
 
 
-def refused(main, argv, capsys) -> str:
-    """The one stderr line of a command line that must be refused with status 2."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(main, argv)
-    assert exit_.value.code == cli.EXIT_USAGE
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
+refused = refused_line
 
 def files_of(run: str) -> dict[str, bytes]:
     return {name: open(os.path.join(run, name), "rb").read() for name in sorted(os.listdir(run))

@@ -19,7 +19,8 @@ import rule_recovery  # noqa: E402
 import sweep  # noqa: E402
 import text  # noqa: E402
 
-from plastix import cli, runs  # noqa: E402
+from conftest import refused_line  # noqa: E402
+from plastix import runs  # noqa: E402
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "2",
         "--log-every", "2", "--eval-batch", "8", "--pop", "4", "--no-plots",
@@ -47,15 +48,7 @@ def write(path, text: str = "x") -> str:
     return str(path)
 
 
-def refused(main, argv, capsys) -> str:
-    """The one stderr line of a command line that must be refused with status 2."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(main, [str(a) for a in argv])
-    assert exit_.value.code == cli.EXIT_USAGE
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
+refused = refused_line
 
 # --- the rule, on kinds of its own ---------------------------------------------------------
 

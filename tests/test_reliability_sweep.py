@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from plastix import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import sweep  # noqa: E402
+from conftest import refused_line  # noqa: E402
 
 # Every cell's flags: none of them an axis below (nothing here runs a cell).
 TINY = ["--num-pairs", "2", "--batch", "2", "--generations", "1", "--eval-batch", "4"]
@@ -25,15 +25,9 @@ TINY = ["--num-pairs", "2", "--batch", "2", "--generations", "1", "--eval-batch"
 def refused(argv: list[str], tmp_path, capsys) -> str:
     """The one error line of a sweep refused with exit status 2; its --out never made."""
     out = tmp_path / "s"
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(sweep.main, ["--out", str(out), *argv])
-    err = capsys.readouterr().err
-    assert exit_.value.code == cli.EXIT_USAGE, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    line = refused_line(sweep.main, ["--out", str(out), *argv], capsys)
     assert not out.exists()
-    return lines[0]
-
+    return line
 
 @pytest.mark.parametrize("argv, message", [
     # the grid the user wrote is not the one that would run
