@@ -225,7 +225,13 @@ def format_report(args, results: list[dict], hands: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    runs.claim(args.out, KIND, "auto")  # its runs are its subdirectories
+    runs.check_dir(args.out, KIND, "auto")
+    for preset in args.presets:  # every run checked whole before the directory is touched
+        for seed in args.seeds:
+            for outer in es_abcd.OUTER_LOOPS:
+                cfg, _ = es_abcd.parse_config(run_flags(args, preset, outer, seed))
+                es_abcd.check_run(cfg, "overwrite")
+    runs.take_dir(args.out, KIND, "auto")  # its runs are its subdirectories
     results = [run_one(args, preset, outer, seed) for preset in args.presets
                for seed in args.seeds for outer in es_abcd.OUTER_LOOPS]
     hands = [row for preset in args.presets for row in hand_rows(args, preset)]

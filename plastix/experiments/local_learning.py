@@ -189,8 +189,9 @@ def parse_args(argv=None):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     chosen = chosen_variants(args.variants)
-    runs.claim(args.out, KIND, "auto")
+    runs.check_dir(args.out, KIND, "auto")
     sizes, train, tune, test = load_task(args.task, args.data_seed, tuple(args.hidden))
+    runs.take_dir(args.out, KIND, "auto")  # the task is sound: nothing is refused after this
     rows, curves = [], {}
     tune_seeds = [TUNE_SEED_OFFSET + s for s in range(args.tune_seeds)]
     for variant in chosen:

@@ -380,8 +380,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    runs.claim(args.out, KIND, "auto")
+    runs.check_dir(args.out, KIND, "auto")
     cells = grid_cells(args) + ([] if args.no_ablations else ablation_cells(args))
+    runs.take_dir(args.out, KIND, "auto")  # the cells are sound: nothing is refused after this
     start = time.perf_counter()
     rows = run_cells(cells, args)
     total = time.perf_counter() - start
