@@ -238,14 +238,40 @@ class MetaGradient:
         sharding = NamedSharding(self.mesh, PartitionSpec("batch"))
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
+    def place(self, state: TrainState) -> TrainState:
+        """``state`` as a block of `run` returns it: strong dtypes, whole on every device
+        of the mesh. The initial state is weakly typed on one device and a loaded one is
+        neither, so each would otherwise compile the block again."""
+        return devices_lib.replicate(jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state),
+                                     NamedSharding(self.mesh, PartitionSpec()))
+
+    def _batch_loss_and_grad(self, params, draws, data):
+        """`loss_and_grad` of the whole batch, each device running its own lifetimes to
+        the end: the devices meet once per update, to sum their parts (weighted by their
+        scored positions), not at every step of the lifetime as a batch axis split by
+        sharding constraints alone would make them (a collective per scan step)."""
+
+        def part(params, draws, data):
+            count = jnp.sum(data[2])
+            nll, accuracy, grads = loss_and_grad(self.net, params, draws, data,
+                                                 self.cfg.truncation, self.cfg.checkpoint_every)
+            total = jnp.maximum(jax.lax.psum(count, "batch"), 1.0)
+            share = lambda x: jax.lax.psum(x * jnp.maximum(count, 1.0), "batch") / total
+            return share(nll), share(accuracy), jax.tree.map(share, grads)
+
+        batch, whole = PartitionSpec("batch"), PartitionSpec()
+        # check_vma off: the lifetime's carry starts as zeros made on every device alike
+        # and then varies by device, which the check would have every caller mark.
+        return jax.shard_map(part, mesh=self.mesh, in_specs=(whole, batch, batch),
+                             out_specs=whole, check_vma=False)(params, draws, data)
+
     def loss_and_grad(self, params, key: jax.Array, split: str = "train"):
         """``(nll, accuracy, penalty, grads)`` of the loss on one batch drawn from ``key``,
         the lifetimes split over the devices."""
         data_key, life_key = jax.random.split(key)
         data = self._split_batch(self.task.sample(data_key, self.cfg.batch, split))
         draws = self._split_batch(plastic.lifetime_draws(self.net, life_key, self.cfg.batch))
-        nll, accuracy, grads = loss_and_grad(self.net, params, draws, data,
-                                             self.cfg.truncation, self.cfg.checkpoint_every)
+        nll, accuracy, grads = self._batch_loss_and_grad(params, draws, data)
         penalty, penalty_grads = jax.value_and_grad(
             lambda p: evolve.l2_penalty(self.cfg, p))(params)
         return nll, accuracy, penalty, jax.tree.map(jnp.add, grads, penalty_grads)
@@ -346,5 +372,5 @@ def descend(
         }
 
     return runs.run_blocks(meta.init(), steps, advance, out_dir=out_dir, log_every=log_every,
-                           resume=resume, on_log=on_log, step_key="step",
+                           resume=resume, on_log=on_log, step_key="step", place=meta.place,
                            time_budget_s=time_budget_s, on_start=on_start)

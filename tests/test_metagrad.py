@@ -223,3 +223,14 @@ def test_bad_gradient_configuration_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         metagrad.GradConfig(**kwargs)
+
+
+def test_descend_compiles_its_block_once():
+    """The first block's state (weakly typed, on one device) is placed as later blocks'
+    are, so the block of updates compiles once per run, not again at the second log."""
+    cfg = metagrad.GradConfig(batch=2, eval_batch=2)
+    meta = metagrad.make_meta_gradient(SMALL_NET, TASK, cfg, jax.random.key(0))
+    before = metagrad.MetaGradient._run._cache_size()
+    metagrad.descend(meta, seed=0, steps=3, log_every=1)
+    assert metagrad.MetaGradient._run._cache_size() == before + 1
+
