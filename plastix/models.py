@@ -18,7 +18,13 @@ between a token embedding and a softmax readout. The cells:
 ``lstm``        flax's LSTM (Hochreiter & Schmidhuber 1997), the paper's baseline.
 ``delta-fw``    recurrent delta-rule fast-weight net (Schlag, Irie & Schmidhuber 2021,
                 "Linear transformers are secretly fast weight programmers").
+``deltanet``    the non-recurrent delta-rule layer (DeltaNet; Yang, Wang, Zhang, Shen &
+                Kim 2024): keys, queries, values and write strengths from the inputs
+                alone, so the whole sequence runs chunkwise (`plastix.delta_rule`).
 ==============  ==========================================================================
+
+``deltanet`` is a sequence layer, not a cell: `TokenModel` calls it on the whole embedded
+sequence instead of scanning it.
 
 Fast weights are plastic layers of the ES networks' kind: a `plastix.plastic.Synapses`
 store under the rule ``fast_weight_ba`` or ``fast_weight_delta`` (``drive`` reads the
@@ -44,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from plastix import plastic, rules
+from plastix import delta_rule, plastic, rules
 
 Array = jax.Array
 
@@ -273,6 +279,9 @@ class DeltaRNNCell(HiddenVectorCell):
     up however long the sequence (Yang et al. 2024 use the same normalisation). Feeding h(t)
     back into z makes the net recurrent (Irie et al. 2021, "Going beyond linear transformers
     with recurrent fast weight programmers").
+
+    Because k, q, v and beta depend on h(t), this cell runs one token at a time; it has no
+    chunkwise form. `DeltaNetLayer` computes them from the inputs alone and runs chunkwise.
     """
 
     features: int
@@ -306,6 +315,50 @@ def _l2_normalise(v: Array, eps: float = 1e-6) -> Array:
     return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + eps)
 
 
+DELTA_FORMS = ("chunkwise", "recurrent")
+
+
+class DeltaNetLayer(nn.Module):
+    """Delta-rule fast-weight layer over a whole sequence (DeltaNet; Yang, Wang, Zhang,
+    Shen & Kim 2024, "Parallelizing linear transformers with the delta rule over sequence
+    length"; Schlag, Irie & Schmidhuber 2021).
+
+    From z(t) = [x(t), x(t-1)] (x(0) = 0; a width-2 causal convolution, the short
+    convolution DeltaNet puts before its projections, so that a key can be bound to the
+    token after it):
+
+        k = W_k z / |W_k z|,  q = W_q z / |W_q z|,  v = W_v z,  beta = sigmoid(w_b . z)
+        W_f(t) = W_f(t-1) + beta (v - W_f(t-1) k) k^T      (``rules.fast_weight_delta``)
+        h(t)   = LN[W_f(t) q]
+
+    as `DeltaRNNCell` but with no h(t) in z: nothing recurrent is left but the memory, so
+    ``form="chunkwise"`` (`delta_rule.delta_rule_chunkwise`, chunks of ``chunk_size``)
+    gives the outputs of ``form="recurrent"`` (the per-token scan) from matrix products.
+    """
+
+    features: int
+    form: str = "chunkwise"
+    chunk_size: int = 64
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """(..., T, inputs) -> (..., T, features), W_f(0) = 0."""
+        if self.form not in DELTA_FORMS:
+            raise ValueError(f"form must be one of {DELTA_FORMS}, got {self.form!r}")
+        previous = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 0), (0, 0)])[..., :-1, :]
+        z = jnp.concatenate([x, previous], axis=-1)
+        key = _l2_normalise(nn.Dense(self.features, name="key")(z))
+        query = _l2_normalise(nn.Dense(self.features, name="query")(z))
+        value = nn.Dense(self.features, name="value")(z)
+        beta = nn.sigmoid(nn.Dense(1, name="beta")(z))[..., 0]
+        if self.form == "chunkwise":
+            read, _ = delta_rule.delta_rule_chunkwise(query, key, value, beta,
+                                                      chunk_size=self.chunk_size)
+        else:
+            read, _ = delta_rule.delta_rule_recurrent(query, key, value, beta)
+        return feature_layer_norm()(read)
+
+
 class TokenModel(nn.Module):
     """Token sequence -> next-token logits: embedding, a recurrent cell over time, readout.
 
@@ -314,14 +367,14 @@ class TokenModel(nn.Module):
     ``readout_features=0`` drops it).
     """
 
-    cell: nn.RNNCellBase
+    cell: nn.Module  # a cell scanned over time, or a sequence layer (DeltaNetLayer)
     vocab_size: int
     embed_dim: int = 100
     readout_features: int = 100
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embed_dim)
-        self.rnn = nn.RNN(self.cell)
+        self.rnn = nn.RNN(self.cell) if isinstance(self.cell, nn.RNNCellBase) else None
         self.readout = nn.Dense(self.readout_features) if self.readout_features else None
         self.logits = nn.Dense(self.vocab_size)
 
@@ -330,6 +383,8 @@ class TokenModel(nn.Module):
         max_len = getattr(self.cell, "max_len", None)
         if max_len is not None and tokens.shape[-1] > max_len:
             raise ValueError(f"sequence length {tokens.shape[-1]} > cell max_len {max_len}")
+        if self.rnn is None:
+            return self.cell(self.embed(tokens))
         return self.rnn(self.embed(tokens))
 
     def __call__(self, tokens: Array) -> Array:
@@ -369,21 +424,26 @@ def _delta_fw(features, seq_len):
     return DeltaRNNCell(features)
 
 
-CELLS: dict[str, Callable[..., nn.RNNCellBase]] = {
+def _deltanet(features, seq_len, form="chunkwise", chunk_size=64):
+    return DeltaNetLayer(features, form, chunk_size)
+
+
+CELLS: dict[str, Callable[..., nn.Module]] = {
     "control": _control,
     "rnn-ln": _rnn_ln,
     "rnn-ln-fw": _rnn_ln_fw,
     "gru-ln": _gru_ln,
     "lstm": _lstm,
     "delta-fw": _delta_fw,
+    "deltanet": _deltanet,
 }
 
 
-def make_cell(name: str, features: int, seq_len: int, **hyper) -> nn.RNNCellBase:
+def make_cell(name: str, features: int, seq_len: int, **hyper) -> nn.Module:
     """The recurrent cell called ``name`` (case-insensitive) with ``features`` hidden units.
 
     ``hyper`` goes to the cell (``rnn-ln-fw``: form, inner_steps, decay, fast_lr, activation,
-    recurrent_scale, ln_gain_init).
+    recurrent_scale, ln_gain_init; ``deltanet``: form, chunk_size).
     """
     factory = CELLS.get(name.lower())
     if factory is None:

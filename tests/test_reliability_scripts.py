@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import ab_old_kernel  # noqa: E402
+import bench_delta  # noqa: E402
 import bench_es  # noqa: E402
 import bench_fast_weights  # noqa: E402
 import bench_sweep  # noqa: E402
@@ -206,6 +207,12 @@ BAD_INPUTS = {
         (["--seq-lens", "0"], "--seq-lens"),
         (["--hiddens", "8", "x"], "--hiddens"),
     ],
+    bench_delta: [
+        (["--out", "{tmp}"], "--out {tmp} is a directory"),
+        (["--seq-lens", "0"], "--seq-lens"),
+        (["--chunk-size", "0"], "--chunk-size"),
+        (["--dim", "x"], "--dim"),
+    ],
     bench_sweep: [
         ([], "nothing to sweep"),
         (["--vary", "seed"], "--vary 'seed'"),
@@ -302,6 +309,16 @@ def test_bench_tasks_and_bench_fast_weights_run_on_tiny_sizes(tmp_path, paths):
     report = bench_fast_weights.main(["--seq-lens", "2", "--hiddens", "4", "--batch", "1",
                                       "--repeats", "1", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == report["rows"]
+
+
+def test_bench_delta_times_both_forms_on_tiny_sizes(tmp_path):
+    out = tmp_path / "delta.json"
+    report = bench_delta.main(["--seq-lens", "5", "--batch", "1", "--heads", "2", "--dim", "3",
+                               "--chunk-size", "2", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    (row,) = report["rows"]
+    assert row["forward_max_abs_diff"] < 1e-5 and row["train_max_abs_diff"] < 1e-4
+    assert row["forward_chunkwise_ms"] > 0 and row["train_speedup"] > 0
 
 
 @pytest.mark.slow  # three processes, each compiling a small ES run
