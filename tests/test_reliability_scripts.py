@@ -27,6 +27,8 @@ import bench_tasks  # noqa: E402
 import check_readme  # noqa: E402
 import compare_outer  # noqa: E402
 import compare_torch  # noqa: E402
+import compare_torch_gradient  # noqa: E402
+import gpu_check  # noqa: E402
 import hebbian_masks  # noqa: E402
 import local_learning  # noqa: E402
 import pattern_completion  # noqa: E402
@@ -206,6 +208,15 @@ BAD_INPUTS = {
         (["--out", ""], "--out"),
         (["--seq-lens", "0"], "--seq-lens"),
         (["--hiddens", "8", "x"], "--hiddens"),
+    ],
+    compare_torch_gradient: [
+        (["--steps", "0"], "argument --steps: must be an integer >= 1"),
+        (["--workloads", "nope"], "--workloads"),
+        (["--hidden", "x"], "--hidden"),
+    ],
+    gpu_check: [
+        (["--budget-s", "-1"], "argument --budget-s: must be a finite number > 0"),
+        (["--steps", "nope"], "name steps among devices"),
     ],
     bench_delta: [
         (["--out", "{tmp}"], "--out {tmp} is a directory"),
