@@ -213,7 +213,7 @@ STEPS = (
          ("benchmarks/bench_es.py", *TINY_ES, "--chunk", "0", "--repeats", "1",
           "--generations", "1"),
          75, es_figures),
-    # The CPU figure's configuration (RNN-LN-FW, B = 128, H = 50): three logged
+    # The configuration of the CPU figures (RNN-LN-FW, B = 128, H = 50): three logged
     # windows, the last timed; no evaluation between them (every 10 windows).
     Step("fast_weights",
          ("experiments/fast_weights.py", "train", "--model", "rnn-ln-fw", "--hidden", "50",
