@@ -16,24 +16,12 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
+from bench_fast_weights import best_time
 
 from plastix import checks, cli, delta_rule, runs
-
-
-def best_time(fn, *args, repeats: int) -> tuple[float, object]:
-    """Best wall-clock seconds of ``fn(*args)`` over ``repeats`` calls after a warm-up,
-    and the warm-up's result."""
-    result = jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def inputs(seq_len: int, batch: int, heads: int, dim: int):

@@ -27,15 +27,16 @@ import jax.numpy as jnp
 from plastix import checks, cli, models, runs
 
 
-def best_time(fn, *args, repeats: int) -> float:
-    """Best wall-clock seconds of ``fn(*args)`` over ``repeats`` calls, after a warm-up."""
-    jax.block_until_ready(fn(*args))  # compile
+def best_time(fn, *args, repeats: int) -> tuple[float, object]:
+    """Best wall-clock seconds of ``fn(*args)`` over ``repeats`` calls after a warm-up,
+    and the warm-up's result."""
+    result = jax.block_until_ready(fn(*args))  # compile
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times), result
 
 
 def time_form(form: str, seq_len: int, hidden: int, batch: int, grad: bool,
@@ -48,7 +49,7 @@ def time_form(form: str, seq_len: int, hidden: int, batch: int, grad: bool,
         fn = jax.jit(jax.grad(lambda p, x: jnp.sum(rnn.apply(p, x) ** 2)))
     else:
         fn = jax.jit(rnn.apply)
-    return best_time(fn, params, x, repeats=repeats)
+    return best_time(fn, params, x, repeats=repeats)[0]
 
 
 def parser() -> cli.Parser:

@@ -15,6 +15,7 @@ XLA's compilation is most of the time. Hence, for both tiers:
   user's run has, so the code generated for users is tested end to end as well.
 """
 
+import functools
 import os
 import pathlib
 
@@ -81,3 +82,18 @@ def refused_line(main, argv, capsys) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
+
+
+@functools.cache  # one model and task for every test of a process: compiled once
+def small_train_run():
+    """``(model, task, config)`` of a small `plastix.train.fit` run: an LN-RNN on
+    associative retrieval, 20 steps with a log every 5, an evaluation and a checkpoint
+    every 10."""
+    from plastix import models, tasks, train
+
+    task = tasks.get("assoc_retrieval", num_pairs=2)
+    model = models.make_model("rnn-ln", task.vocab_size, task.seq_len, 8, embed_dim=8,
+                              readout_features=0)
+    config = train.TrainConfig(steps=20, batch_size=8, learning_rate=1e-2, log_every=5,
+                               eval_every=10, eval_batches=2, checkpoint_every=10)
+    return model, task, config

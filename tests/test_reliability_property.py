@@ -131,17 +131,6 @@ def diverged(err: list[str]) -> bool:
     return any(s in err[0] for s in ("the run diverged", "learned no rule"))
 
 
-def check_failed(status: int, err: list[str], before: dict, after: dict, out: str,
-                 root: str) -> None:
-    """The exit-nonzero half of the property (the reports of a run that diverged are
-    checked by the caller)."""
-    assert status == cli.EXIT_USAGE, (status, err)
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert outside(after, out, root) == outside(before, out, root), err
-    if not diverged(err):  # refused before the run started: nothing changed
-        assert after == before, err
-
-
 def history_of(out: str) -> list[dict]:
     path = os.path.join(out, runs.METRICS)
     return runs.MetricsLog(path, step_key="generation").read() if os.path.exists(path) else []
@@ -154,22 +143,39 @@ def finished(tmp_path_factory) -> str:
     return out
 
 
-def es_case(seed: int, finished: str, root, capsys) -> None:
-    rng = random.Random(seed)
-    flags, kind, mode = draw_es_flags(rng), rng.choice(DIRECTORIES), rng.choice(MODES)
+def run_case(main, argv_for, rng: random.Random, finished: str, root, capsys
+             ) -> tuple[int, list[str], str]:
+    """Run one drawn command line, ``argv_for(mode flags, out)``, on a run directory of a
+    drawn kind beside a file of the user's, and check the half of the property every
+    command shares: nothing outside --out changes; a nonzero exit is status 2 and one
+    ``error:`` line, and unless the run diverged (its reports are checked by the caller)
+    it was refused before it started and changed nothing. Returns ``(status, error lines,
+    out)``."""
+    kind, mode = rng.choice(DIRECTORIES), rng.choice(MODES)
     with open(os.path.join(root, "thesis.tex"), "w") as f:
         f.write("three years")
     out = prepared_out(kind, root, finished)
-    argv = [*BASE, *flags, *mode, "--out", out]
     before = snapshot(root)
-    status, err = run(es_abcd.main, argv, capsys)
+    status, err = run(main, argv_for(mode, out), capsys)
     after = snapshot(root)
+    assert outside(after, out, str(root)) == outside(before, out, str(root)), err
     if status != 0:
-        check_failed(status, err, before, after, out, str(root))
+        assert status == cli.EXIT_USAGE, (status, err)
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        if not diverged(err):
+            assert after == before, err
+    return status, err, out
+
+
+def es_case(seed: int, finished: str, root, capsys) -> None:
+    rng = random.Random(seed)
+    flags = draw_es_flags(rng)
+    status, err, out = run_case(es_abcd.main, lambda mode, out: [*BASE, *flags, *mode,
+                                                                  "--out", out],
+                                rng, finished, root, capsys)
     if status == 0 or diverged(err):
         with open(os.path.join(out, "report.json")) as f:
             rows = json.load(f)["rows"]
-        assert outside(after, out, str(root)) == outside(before, out, str(root))
         if status == 0:
             if "--pop" in flags:
                 check_learned_rows(rows, history_of(out), int(flags[flags.index("--pop") + 1]))
@@ -183,16 +189,9 @@ def es_case(seed: int, finished: str, root, capsys) -> None:
 def sweep_case(seed: int, finished: str, root, capsys) -> None:
     rng = random.Random(seed)
     vary, cells = draw_sweep_flags(rng)
-    kind, mode = rng.choice(DIRECTORIES), rng.choice(MODES)
-    with open(os.path.join(root, "thesis.tex"), "w") as f:
-        f.write("three years")
-    out = prepared_out(kind, root, finished)
-    argv = [*vary, *mode, "--out", out, "--", *BASE, *cells]
-    before = snapshot(root)
-    status, err = run(sweep.main, argv, capsys)
-    after = snapshot(root)
-    if status != 0:
-        check_failed(status, err, before, after, out, str(root))
+    status, err, out = run_case(sweep.main, lambda mode, out: [*vary, *mode, "--out", out,
+                                                                "--", *BASE, *cells],
+                                rng, finished, root, capsys)
     if status == 0 or diverged(err):
         with open(os.path.join(out, "results.jsonl")) as f:
             results = [json.loads(line) for line in f]
@@ -203,7 +202,6 @@ def sweep_case(seed: int, finished: str, root, capsys) -> None:
             cell = os.path.join(out, "cells", result["cell"])
             with open(os.path.join(cell, "report.json")) as f:
                 check_learned_rows(json.load(f)["rows"], history_of(cell), 4)
-        assert outside(after, out, str(root)) == outside(before, out, str(root))
 
 
 @pytest.mark.parametrize("seed", range(24))

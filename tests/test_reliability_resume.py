@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import es_abcd  # noqa: E402
 import sweep  # noqa: E402
 
-from conftest import refused_line  # noqa: E402
-from plastix import models, runs, tasks, train  # noqa: E402
+from conftest import refused_line, small_train_run  # noqa: E402
+from plastix import runs, tasks, train  # noqa: E402
 
 TINY = ["--num-pairs", "2", "--hidden", "8", "--batch", "2", "--generations", "6",
         "--log-every", "2", "--eval-batch", "16", "--pop", "4", "--no-plots", "--report", "rule"]
@@ -218,19 +218,12 @@ def test_sweep_refuses_to_resume_a_cell_with_a_damaged_history(tmp_path, capsys)
 # --- train.fit ------------------------------------------------------------------------------
 
 
-def _small_run():
-    task = tasks.get("assoc_retrieval", num_pairs=2)
-    model = models.make_model("rnn-ln", task.vocab_size, task.seq_len, 8, embed_dim=8,
-                              readout_features=0)
-    config = train.TrainConfig(steps=20, batch_size=8, learning_rate=1e-2, log_every=5,
-                               eval_every=10, eval_batches=2, checkpoint_every=10)
-    return model, task, config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> str:
     """A finished train.fit run: training records at 5, 10, 15, 20, valid at 10, 20."""
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     run = tmp_path_factory.mktemp("trained") / "run"
     train.fit(model, task, config, run, print_fn=lambda _: None)
     return str(run)
@@ -257,7 +250,7 @@ def test_train_fit_refuses_to_resume_a_damaged_history(case, trained, tmp_path):
         kept += [line] * copies.get((record["step"], record["split"]), 1)
     write_lines(metrics, kept)
     before = files_of(run)
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     with pytest.raises(ValueError) as refusal:
         train.fit(model, task, config, run, print_fn=lambda _: None)
     assert str(refusal.value) == (f"{metrics} {message}: the run's history is damaged; start "
@@ -266,7 +259,7 @@ def test_train_fit_refuses_to_resume_a_damaged_history(case, trained, tmp_path):
 
 
 def test_train_fit_refuses_a_data_file_rewritten_under_its_path(tmp_path):
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     config = train.TrainConfig(**{**vars(config), "steps": 10})
     corpus = _corpus(tmp_path / "corpus.txt", 0)
     run = tmp_path / "run"

@@ -2,7 +2,6 @@
 a run directory of other settings is refused (by train.fit and by fast_weights.py train)."""
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -12,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from plastix import models, runs, tasks, train
+from plastix import models, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import fast_weights  # noqa: E402
+from conftest import small_train_run  # noqa: E402
 
 
 class Killed(Exception):
@@ -24,14 +24,6 @@ class Killed(Exception):
     checkpoint and after step 15's metrics record has been written."""
 
 
-@functools.cache  # one model and task for every test: compiled once
-def _small_run():
-    task = tasks.get("assoc_retrieval", num_pairs=2)
-    model = models.make_model("rnn-ln", task.vocab_size, task.seq_len, 8, embed_dim=8,
-                              readout_features=0)
-    config = train.TrainConfig(steps=20, batch_size=8, learning_rate=1e-2, log_every=5,
-                               eval_every=10, eval_batches=2, checkpoint_every=10)
-    return model, task, config
 
 
 def _kill_at_step_15(line):
@@ -48,7 +40,7 @@ def _metrics(run_dir):
 
 
 def test_resume_after_kill_gives_identical_params_and_metrics(tmp_path):
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     straight = train.fit(model, task, config, tmp_path / "straight", print_fn=lambda _: None)
 
     with pytest.raises(Killed):
@@ -73,7 +65,7 @@ def test_resume_after_kill_gives_identical_params_and_metrics(tmp_path):
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     optimizer = train.make_optimizer(config.learning_rate, config.clip_norm)
     state = train.init_state(jax.random.key(3), model, task.seq_len, optimizer)
     runs.save_checkpoint(tmp_path / "ckpt", state, 7)
@@ -89,7 +81,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused_but_more_steps_extend(tmp_path):
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     config = dataclasses.replace(config, steps=10)
     quiet = dict(print_fn=lambda _: None)
     train.fit(model, task, config, tmp_path, **quiet)
@@ -141,7 +133,7 @@ def test_config_refuses_a_setting_out_of_its_bound_by_name(field, value):
 
 
 def test_fit_modes_never_mix_or_lose_a_run(tmp_path):
-    model, task, config = _small_run()
+    model, task, config = small_train_run()
     config = dataclasses.replace(config, steps=10)
     quiet = dict(print_fn=lambda _: None)
     with pytest.raises(ValueError, match="nothing to resume"):
